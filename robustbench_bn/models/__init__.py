@@ -1,0 +1,1 @@
+"""Models: the small CIFAR-size nets written here and the source-model training for the embedded default."""
