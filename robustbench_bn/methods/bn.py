@@ -1,0 +1,124 @@
+"""BatchNorm statistics adaptation: test-batch statistics, n-sample rectification, and a source prior.
+
+Implements three published variants behind one class:
+
+* ``statistics="batch"``: every BN layer normalizes each test batch with that batch's own
+  mean and (biased) variance, as train-mode BN does. Schneider et al. 2020 ("Improving
+  robustness against common corruptions by covariate shift adaptation", NeurIPS, arXiv
+  2006.16971); Nado et al. 2020; the "norm"/"BN" row of TENT (Wang et al. 2021).
+* ``statistics="samples"``: once per cell, re-estimate every BN layer's running mean and
+  unbiased variance from ``n_samples`` random images of that cell, in one forward pass with
+  a cumulative average (``momentum=None``) from reset statistics, then evaluate the whole cell
+  in eval mode with those statistics frozen. Benz, Zhang, Karjauv, Kweon 2021 ("Revisiting
+  Batch Normalization for Improving Corruption Robustness", WACV, arXiv 2010.03630), n=32.
+* ``prior=N`` (either mode): mix source and target statistics,
+  ``mu = lam*mu_source + (1-lam)*mu_target`` (same for the variance) with
+  ``lam = N / (N + n)``, n being the test batch size (batch mode) or ``n_samples``
+  (samples mode). N=0 is full adaptation; a very large N gives back the source model.
+  Schneider et al. 2020.
+
+In batch mode the target variance is the biased batch variance, so N=0 is exactly train-mode
+BN; in samples mode it is the unbiased variance that PyTorch's running statistics keep.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_bn.errors import ConfigurationError
+from robustbench_bn.methods.base import Method, batch_norm_layers
+
+STATISTICS_MODES = ("batch", "samples")
+
+
+def _mixed_statistics_forward(prior: float):
+    """A BatchNorm2d forward that mixes the layer's running statistics with the batch's."""
+
+    def forward(layer: nn.BatchNorm2d, inputs: torch.Tensor) -> torch.Tensor:
+        batch_size = inputs.shape[0]
+        if batch_size < 2:
+            raise ConfigurationError(
+                "BN adaptation with test-batch statistics needs at least 2 images per batch, "
+                "got a batch of 1. Raise runner.batch_size or use method.statistics=samples."
+            )
+        if prior == 0:
+            return F.batch_norm(
+                inputs, None, None, layer.weight, layer.bias, True, 0.0, layer.eps
+            )
+        weight = prior / (prior + batch_size)
+        batch_variance, batch_mean = torch.var_mean(inputs, dim=(0, 2, 3), correction=0)
+        mean = weight * layer.running_mean + (1 - weight) * batch_mean
+        variance = weight * layer.running_var + (1 - weight) * batch_variance
+        return F.batch_norm(inputs, mean, variance, layer.weight, layer.bias, False, 0.0, layer.eps)
+
+    return forward
+
+
+class BatchNormAdaptation(Method):
+    """See the module docstring for the three variants and their papers."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        statistics: str = "batch",
+        n_samples: int = 32,
+        prior: float = 0.0,
+    ) -> None:
+        if statistics not in STATISTICS_MODES:
+            raise ConfigurationError(
+                f"method.statistics must be one of {STATISTICS_MODES}, got {statistics!r}."
+            )
+        if prior < 0:
+            raise ConfigurationError(f"method.prior (N) must be >= 0, got {prior}.")
+        if statistics == "samples" and (not isinstance(n_samples, int) or n_samples < 2):
+            raise ConfigurationError(
+                f"method.n_samples must be an integer >= 2 for statistics=samples, got {n_samples!r}."
+            )
+        super().__init__(model=model)
+        self.statistics = statistics
+        self.n_samples = n_samples
+        self.prior = float(prior)
+        self.layers = batch_norm_layers(model)
+        if not self.layers:
+            raise ConfigurationError("method=bn needs a model with BatchNorm2d layers; found none.")
+        if statistics == "samples":
+            self.cell_samples = n_samples
+        else:
+            forward = _mixed_statistics_forward(self.prior)
+            for layer in self.layers:
+                layer.forward = types.MethodType(forward, layer)
+
+    def adapt(self, samples: torch.Tensor) -> None:
+        if self.statistics != "samples":
+            return
+        source_statistics = [
+            (layer.running_mean.clone(), layer.running_var.clone()) for layer in self.layers
+        ]
+        momenta = [layer.momentum for layer in self.layers]
+        for layer in self.layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average: the statistics of exactly these samples
+            layer.train()
+        with torch.no_grad():
+            self.model(samples)
+        weight = self.prior / (self.prior + samples.shape[0])
+        for layer, momentum, (source_mean, source_variance) in zip(
+            self.layers, momenta, source_statistics, strict=True
+        ):
+            layer.momentum = momentum
+            layer.eval()
+            if weight > 0:
+                layer.running_mean.mul_(1 - weight).add_(weight * source_mean)
+                layer.running_var.mul_(1 - weight).add_(weight * source_variance)
+
+    def row_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"statistics": self.statistics, "prior": self.prior}
+        if self.statistics == "samples":
+            fields["n_samples"] = self.n_samples
+        return fields

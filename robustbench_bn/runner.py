@@ -1,0 +1,332 @@
+"""One job: build model, benchmark, fine-tune and method from the config, evaluate every cell.
+
+This is the only module that reads the config. For every cell (clean, then each corruption
+at each severity) it resets the method to the source state (unless ``runner.reset=continual``),
+lets the method adapt, evaluates the whole cell, and appends the cell's row to ``rows.csv``
+in the job folder before moving on. Cells already in ``rows.csv`` are skipped, so re-running
+an interrupted job finishes it without redoing or duplicating anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from robustbench_bn.data.benchmark import (
+    CLEAN_CELL,
+    Cell,
+    CorruptionBenchmark,
+    check_severity,
+    iterate_cell,
+)
+from robustbench_bn.errors import ConfigurationError
+from robustbench_bn.methods.base import Method
+from robustbench_bn.results import JobRows, accuracy_table
+from robustbench_bn.utils.environment import environment
+from robustbench_bn.utils.files import atomic_write_text, stable_hash
+from robustbench_bn.utils.tables import markdown_table
+
+log = logging.getLogger(__name__)
+
+#: Config sections, and keys anywhere, that change no number and so stay out of the config hash.
+PRESENTATION_KEYS = ("hydra", "paths", "display")
+LOCATION_KEYS = ("data_dir", "cache_dir", "download", "progress")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+RESET_MODES = ("per_cell", "continual")
+
+
+def _without_locations(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_locations(v) for k, v in value.items() if k not in LOCATION_KEYS}
+    if isinstance(value, list):
+        return [_without_locations(item) for item in value]
+    return value
+
+
+def number_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Every setting that can change a number: the config without paths, display and locations."""
+    container = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key])
+        else cfg[key]
+        for key in cfg
+        if key not in PRESENTATION_KEYS
+    }
+    return _without_locations(container)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of :func:`number_settings`; names the job folder and is written into every row."""
+    return stable_hash(number_settings(cfg))
+
+
+#: Keys of a group node that the runner reads itself; the rest are the builder's arguments.
+RUNNER_KEYS = ("name", "corruptions", "severities", "include_clean")
+
+
+def _builder_arguments(node: DictConfig) -> dict[str, Any]:
+    container = OmegaConf.to_container(node, resolve=True)
+    return {key: value for key, value in container.items() if key not in RUNNER_KEYS}
+
+
+def _resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(
+            f"runner.device={requested} but no CUDA device is available; use runner.device=cpu."
+        )
+    return device
+
+
+def _check_corruptions(requested: list[str], available: tuple[str, ...], dataset: str) -> None:
+    if not requested:
+        raise ConfigurationError(
+            "dataset.corruptions is empty; name at least one corruption, e.g. "
+            "'dataset.corruptions=[gaussian_noise]'."
+        )
+    for name in requested:
+        if name not in available:
+            close = difflib.get_close_matches(str(name), available, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"Unknown corruption {name!r} for {dataset}.{hint} "
+                f"Available: {', '.join(available)}."
+            )
+
+
+def plan_cells(cfg: DictConfig, benchmark: CorruptionBenchmark) -> list[Cell]:
+    """Clean first (if asked), then every corruption at every severity, in config order."""
+    corruptions = list(cfg.dataset.corruptions)
+    _check_corruptions(corruptions, benchmark.available_corruptions(), benchmark.name)
+    severities = [check_severity(severity) for severity in cfg.dataset.severities]
+    if not severities:
+        raise ConfigurationError("dataset.severities is empty; e.g. 'dataset.severities=[1,2,3,4,5]'.")
+    cells = [CLEAN_CELL] if cfg.dataset.include_clean else []
+    cells += [Cell(corruption, severity) for corruption in corruptions for severity in severities]
+    return cells
+
+
+def _sample_indices(cell: Cell, size: int, count: int, seed: int) -> torch.Tensor:
+    if count > size:
+        raise ConfigurationError(
+            f"The method wants {count} samples of each cell but cell {cell} has only {size} "
+            "images; lower method.n_samples or raise dataset.n_examples."
+        )
+    generator = torch.Generator().manual_seed(int(stable_hash([seed, str(cell)], 15), 16))
+    return torch.randperm(size, generator=generator)[:count]
+
+
+@contextlib.contextmanager
+def _precision(device: torch.device, precision: str) -> Iterator[None]:
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def evaluate_cell(
+    method: Method,
+    benchmark: CorruptionBenchmark,
+    cell: Cell,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    seed: int,
+) -> tuple[int, int]:
+    """Adapt (if the method wants samples) and count correct predictions over the whole cell."""
+    if method.cell_samples:
+        indices = _sample_indices(cell, benchmark.cell_size(cell), method.cell_samples, seed)
+        samples, _ = benchmark.load(cell, indices)
+        with _precision(device, precision):
+            method.adapt(samples.to(device, non_blocking=True))
+    correct = 0
+    total = 0
+    for images, labels in iterate_cell(benchmark, cell, batch_size):
+        with _precision(device, precision):
+            logits = method.predict(images.to(device, non_blocking=True))
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError(
+                f"The method produced non-finite logits in cell {cell}; the cell is not written. "
+                "For tent, lower method.learning_rate; for reduced precision, use runner.precision=fp32."
+            )
+        correct += int((logits.argmax(1).cpu() == labels).sum())
+        total += int(labels.shape[0])
+    return correct, total
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Run one job; returns its rows (those resumed and those computed now)."""
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigurationError(
+            f"Cannot write to the output folder {output_dir} ({error.strerror}); "
+            "choose another with hydra.run.dir=... or paths.output_root=..."
+        ) from error
+    runner = cfg.runner
+    if runner.reset not in RESET_MODES:
+        raise ConfigurationError(f"runner.reset must be one of {RESET_MODES}, got {runner.reset!r}.")
+    if runner.precision not in PRECISIONS:
+        raise ConfigurationError(
+            f"runner.precision must be one of {tuple(PRECISIONS)}, got {runner.precision!r}."
+        )
+    if int(runner.batch_size) < 1:
+        raise ConfigurationError(f"runner.batch_size must be >= 1, got {runner.batch_size}.")
+    torch.manual_seed(int(cfg.seed))
+    device = _resolve_device(str(runner.device))
+    job_hash = config_hash(cfg)
+    rows = JobRows(output_dir, config_hash=job_hash)
+
+    benchmark: CorruptionBenchmark = instantiate(_builder_arguments(cfg.dataset))
+    cells = plan_cells(cfg, benchmark)
+    remaining = [cell for cell in cells if cell not in rows.done()]
+    provenance = environment(device)
+    job_record = {
+        "config_hash": job_hash,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "environment": provenance,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cells_planned": len(cells),
+        "cells_resumed": len(cells) - len(remaining),
+    }
+    atomic_write_text(output_dir / "job.json", json.dumps(job_record, indent=2, default=str))
+    if remaining:
+        _evaluate_remaining(cfg, benchmark, remaining, rows, device, job_hash, provenance)
+    else:
+        log.info("All %d cells are already in %s; nothing to do.", len(cells), rows.path)
+    frame = rows.frame()
+    _write_tables(frame, output_dir, print_table=bool(cfg.display.print_table))
+    return frame
+
+
+def _build_method(cfg: DictConfig, benchmark: CorruptionBenchmark, device: torch.device) -> Method:
+    started = time.perf_counter()
+    model = instantiate(_builder_arguments(cfg.model))
+    model_key = getattr(model, "cache_key", None) or stable_hash(_builder_arguments(cfg.model))
+    cache_dir = str(cfg.paths.cache_dir)
+    if cfg.finetune.get("_target_"):
+        finetune = instantiate(_builder_arguments(cfg.finetune), _partial_=True)
+        model = finetune(
+            model=model,
+            training_images=benchmark.training_images,
+            cache_key=model_key,
+            cache_dir=cache_dir,
+        )
+        model_key = stable_hash([model_key, _builder_arguments(cfg.finetune)])
+    model = model.to(device).eval()
+    method = instantiate(_builder_arguments(cfg.method), _partial_=True)(model=model)
+    if method.needs_training_data:
+        method.prepare(benchmark.training_images, cache_key=model_key, cache_dir=cache_dir)
+    log.info("Model, fine-tune and method ready in %.1f s", time.perf_counter() - started)
+    return method
+
+
+def _evaluate_remaining(
+    cfg: DictConfig,
+    benchmark: CorruptionBenchmark,
+    cells: list[Cell],
+    rows: JobRows,
+    device: torch.device,
+    job_hash: str,
+    provenance: dict[str, Any],
+) -> None:
+    from tqdm import tqdm
+
+    method = _build_method(cfg, benchmark, device)
+    runner = cfg.runner
+    shared_fields = {
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "finetune": cfg.finetune.name,
+        "method": cfg.method.name,
+        "method_params": json.dumps(method.row_fields(), sort_keys=True),
+        **benchmark.row_fields(),
+        "preprocessing": getattr(method.model, "preprocessing", "unknown"),
+        "batch_size": int(runner.batch_size),
+        "reset": runner.reset,
+        "precision": runner.precision,
+        "seed": int(cfg.seed),
+        "config_hash": job_hash,
+        "package_version": provenance["robustbench_bn"],
+        "git_revision": provenance["git_revision"],
+        "torch_version": provenance["torch"],
+        "device": provenance["device"],
+    }
+    if runner.reset == "continual" and rows.rows:
+        raise ConfigurationError(
+            "A continual run cannot resume mid-sequence: the adapted state of the finished "
+            f"cells is gone. Delete {rows.path} to start the sequence again."
+        )
+    method.reset()
+    progress = tqdm(cells, desc=f"{cfg.method.name} on {cfg.dataset.name}", unit="cell",
+                    disable=not cfg.display.progress)
+    try:
+        for cell in progress:
+            if runner.reset == "per_cell":
+                method.reset()
+            started = time.perf_counter()
+            correct, total = evaluate_cell(
+                method, benchmark, cell,
+                batch_size=int(runner.batch_size), device=device,
+                precision=runner.precision, seed=int(cfg.seed),
+            )
+            seconds = time.perf_counter() - started
+            accuracy = 100.0 * correct / total
+            rows.add({
+                **shared_fields,
+                "corruption": cell.corruption,
+                "severity": cell.severity,
+                "n": total,
+                "correct": correct,
+                "accuracy": round(accuracy, 4),
+                "error": round(100.0 - accuracy, 4),
+                "seconds": round(seconds, 3),
+                "images_per_second": round(total / seconds, 1),
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            })
+            progress.set_postfix(cell=str(cell), accuracy=f"{accuracy:.1f}")
+    except KeyboardInterrupt:
+        log.warning(
+            "Interrupted: %d finished cells are saved in %s; run the same command to resume.",
+            len(rows.rows), rows.path,
+        )
+        raise
+    finally:
+        progress.close()
+
+
+def _write_tables(frame: pd.DataFrame, output_dir: Path, *, print_table: bool) -> None:
+    if frame.empty:
+        return
+    table = accuracy_table(frame)
+    atomic_write_text(output_dir / "table.csv", table.to_csv(float_format="%.2f"))
+    markdown = markdown_table(table, index_name="corruption")
+    atomic_write_text(output_dir / "table.md", markdown + "\n")
+    if print_table:
+        first = frame.iloc[0]
+        print(
+            f"\n{first['method']} {first['method_params']} | {first['dataset']} | "
+            f"{first['model']} | finetune={first['finetune']} | accuracy (%)"
+        )
+        print(markdown)
+        print(f"rows: {output_dir / 'rows.csv'}")
