@@ -25,6 +25,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(Path(temporary))
         with open(temporary, "rb") as stream:
             os.fsync(stream.fileno())
+        # mkstemp creates the file private (0600); results are meant to be shared.
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
