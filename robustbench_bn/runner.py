@@ -21,7 +21,8 @@ from typing import Any
 
 import pandas as pd
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from robustbench_bn.data.benchmark import (
@@ -78,6 +79,16 @@ RUNNER_KEYS = ("name", "corruptions", "severities", "include_clean")
 def _builder_arguments(node: DictConfig) -> dict[str, Any]:
     container = OmegaConf.to_container(node, resolve=True)
     return {key: value for key, value in container.items() if key not in RUNNER_KEYS}
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """Hydra's instantiate, but a user error raised by the target reaches the user unwrapped."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigurationError):
+            raise error.__cause__ from None
+        raise
 
 
 def _resolve_device(requested: str) -> torch.device:
