@@ -32,6 +32,9 @@ demo: install ## source vs bn on Fashion-MNIST-C (15 corruptions x 5 severities)
 	$(BIN)/rbn-run --multirun method=source,bn hydra.sweep.dir=$(DEMO_DIR)
 	$(BIN)/rbn-report $(DEMO_DIR) --out $(DEMO_DIR)/report
 
+sweep: install ## the whole embedded-default grid (4 methods x 2 fine-tunes), resumable
+	$(BIN)/rbn-run --multirun experiment=fashion_grid
+
 test: install ## the tests (offline, CPU; about 5 minutes on 2 cores)
 	$(BIN)/pytest -q -m "not slow"
 

@@ -27,6 +27,9 @@ class JobRows:
         self.path = Path(folder) / ROWS_FILE
         self.config_hash = config_hash
         self.rows: list[dict[str, Any]] = []
+        # A write cut short by kill -9 leaves only its temporary file; rows.csv is intact.
+        for leftover in self.path.parent.glob(f".{ROWS_FILE}.*.tmp"):
+            leftover.unlink(missing_ok=True)
         if self.path.is_file():
             self.rows = self._read_existing()
 

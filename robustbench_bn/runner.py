@@ -59,7 +59,8 @@ def _without_locations(value: Any) -> Any:
 def number_settings(cfg: DictConfig) -> dict[str, Any]:
     """Every setting that can change a number: the config without paths, display and locations."""
     container = {
-        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key])
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        if OmegaConf.is_config(cfg[key])
         else cfg[key]
         for key in cfg
         if key not in PRESENTATION_KEYS
@@ -124,7 +125,9 @@ def plan_cells(cfg: DictConfig, benchmark: CorruptionBenchmark) -> list[Cell]:
     _check_corruptions(corruptions, benchmark.available_corruptions(), benchmark.name)
     severities = [check_severity(severity) for severity in cfg.dataset.severities]
     if not severities:
-        raise ConfigurationError("dataset.severities is empty; e.g. 'dataset.severities=[1,2,3,4,5]'.")
+        raise ConfigurationError(
+            "dataset.severities is empty; e.g. 'dataset.severities=[1,2,3,4,5]'."
+        )
     cells = [CLEAN_CELL] if cfg.dataset.include_clean else []
     cells += [Cell(corruption, severity) for corruption in corruptions for severity in severities]
     return cells
@@ -174,7 +177,8 @@ def evaluate_cell(
         if not torch.isfinite(logits).all():
             raise FloatingPointError(
                 f"The method produced non-finite logits in cell {cell}; the cell is not written. "
-                "For tent, lower method.learning_rate; for reduced precision, use runner.precision=fp32."
+                "For tent, lower method.learning_rate; with reduced precision, "
+                "use runner.precision=fp32."
             )
         correct += int((logits.argmax(1).cpu() == labels).sum())
         total += int(labels.shape[0])
@@ -196,7 +200,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         ) from error
     runner = cfg.runner
     if runner.reset not in RESET_MODES:
-        raise ConfigurationError(f"runner.reset must be one of {RESET_MODES}, got {runner.reset!r}.")
+        raise ConfigurationError(
+            f"runner.reset must be one of {RESET_MODES}, got {runner.reset!r}."
+        )
     if runner.precision not in PRECISIONS:
         raise ConfigurationError(
             f"runner.precision must be one of {tuple(PRECISIONS)}, got {runner.precision!r}."
@@ -289,37 +295,48 @@ def _evaluate_remaining(
             f"cells is gone. Delete {rows.path} to start the sequence again."
         )
     method.reset()
-    progress = tqdm(cells, desc=f"{cfg.method.name} on {cfg.dataset.name}", unit="cell",
-                    disable=not cfg.display.progress)
+    progress = tqdm(
+        cells,
+        desc=f"{cfg.method.name} on {cfg.dataset.name}",
+        unit="cell",
+        disable=not cfg.display.progress,
+    )
     try:
         for cell in progress:
             if runner.reset == "per_cell":
                 method.reset()
             started = time.perf_counter()
             correct, total = evaluate_cell(
-                method, benchmark, cell,
-                batch_size=int(runner.batch_size), device=device,
-                precision=runner.precision, seed=int(cfg.seed),
+                method,
+                benchmark,
+                cell,
+                batch_size=int(runner.batch_size),
+                device=device,
+                precision=runner.precision,
+                seed=int(cfg.seed),
             )
             seconds = time.perf_counter() - started
             accuracy = 100.0 * correct / total
-            rows.add({
-                **shared_fields,
-                "corruption": cell.corruption,
-                "severity": cell.severity,
-                "n": total,
-                "correct": correct,
-                "accuracy": round(accuracy, 4),
-                "error": round(100.0 - accuracy, 4),
-                "seconds": round(seconds, 3),
-                "images_per_second": round(total / seconds, 1),
-                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
+            rows.add(
+                {
+                    **shared_fields,
+                    "corruption": cell.corruption,
+                    "severity": cell.severity,
+                    "n": total,
+                    "correct": correct,
+                    "accuracy": round(accuracy, 4),
+                    "error": round(100.0 - accuracy, 4),
+                    "seconds": round(seconds, 3),
+                    "images_per_second": round(total / seconds, 1),
+                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                }
+            )
             progress.set_postfix(cell=str(cell), accuracy=f"{accuracy:.1f}")
     except KeyboardInterrupt:
         log.warning(
             "Interrupted: %d finished cells are saved in %s; run the same command to resume.",
-            len(rows.rows), rows.path,
+            len(rows.rows),
+            rows.path,
         )
         raise
     finally:

@@ -18,13 +18,26 @@ def test_run_writes_one_row_per_cell_and_tables(make_config, tmp_path):
     rows = run(cfg)
     cells = list(zip(rows["corruption"], rows["severity"], strict=True))
     assert cells == [
-        ("clean", 0), ("gaussian_noise", 1), ("gaussian_noise", 5), ("brightness", 1),
+        ("clean", 0),
+        ("gaussian_noise", 1),
+        ("gaussian_noise", 5),
+        ("brightness", 1),
         ("brightness", 5),
     ]
     assert (rows["n"] == 64).all()
     assert (rows["accuracy"] == 100 * rows["correct"] / rows["n"]).all()
-    for column in ("method_params", "batch_size", "reset", "precision", "seed", "subset",
-                   "preprocessing", "git_revision", "device", "config_hash"):
+    for column in (
+        "method_params",
+        "batch_size",
+        "reset",
+        "precision",
+        "seed",
+        "subset",
+        "preprocessing",
+        "git_revision",
+        "device",
+        "config_hash",
+    ):
         assert rows[column].notna().all(), column
     job = tmp_path / "job"
     on_disk = pd.read_csv(job / "rows.csv")
@@ -75,8 +88,9 @@ def test_rerunning_a_finished_job_does_no_work(make_config, monkeypatch):
 def test_rows_from_another_configuration_are_refused(make_config):
     first = make_config(*SMALL, "dataset.corruptions=[brightness]")
     run(first)
-    other = make_config(*SMALL, "dataset.corruptions=[brightness]", "seed=1",
-                        output_dir=first.paths.output_dir)
+    other = make_config(
+        *SMALL, "dataset.corruptions=[brightness]", "seed=1", output_dir=first.paths.output_dir
+    )
     assert config_hash(other) != config_hash(first)
     with pytest.raises(ConfigurationError, match="different configuration"):
         run(other)
@@ -84,8 +98,12 @@ def test_rows_from_another_configuration_are_refused(make_config):
 
 def test_config_hash_ignores_paths_and_display(make_config, tmp_path):
     first = make_config(*SMALL)
-    second = make_config(*SMALL, "display.progress=true", f"paths.data_dir={tmp_path}",
-                         output_dir=tmp_path / "elsewhere")
+    second = make_config(
+        *SMALL,
+        "display.progress=true",
+        f"paths.data_dir={tmp_path}",
+        output_dir=tmp_path / "elsewhere",
+    )
     assert config_hash(first) == config_hash(second)
     assert config_hash(first) != config_hash(make_config(*SMALL, "runner.batch_size=16"))
 

@@ -57,7 +57,7 @@ class CorruptionBenchmark(Protocol):
         """Choices that change the numbers (subset, image family, ...), for every result row."""
 
     def training_images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The clean source training split as uint8 [N,3,H,W] and labels, for methods that need it."""
+        """The clean training split (uint8 [N,3,H,W], labels), for methods that need it."""
 
 
 def check_severity(severity: Any) -> int:

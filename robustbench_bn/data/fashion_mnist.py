@@ -62,9 +62,7 @@ def _read_idx(path: Path) -> np.ndarray:
             "delete it and fetch Fashion-MNIST again."
         )
     dimensions = data[3]
-    shape = tuple(
-        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dimensions)
-    )
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dimensions))
     offset = 4 + 4 * dimensions
     expected = int(np.prod(shape))
     if len(data) - offset != expected:

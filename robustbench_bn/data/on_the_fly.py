@@ -145,7 +145,9 @@ class OnTheFlyCorruptions:
         for start in range(0, self.n_examples, _CORRUPTION_CHUNK):
             stop = min(start + _CORRUPTION_CHUNK, self.n_examples)
             indices = torch.arange(start, stop)
-            seeds = engine.image_seeds(self.name, cell.corruption, cell.severity, self.seed, indices)
+            seeds = engine.image_seeds(
+                self.name, cell.corruption, cell.severity, self.seed, indices
+            )
             clean = self._clean_images[start:stop].float().div_(255)
             images = engine.corrupt(
                 clean, cell.corruption, cell.severity, seeds=seeds, family=self.family

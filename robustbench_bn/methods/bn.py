@@ -1,4 +1,4 @@
-"""BatchNorm statistics adaptation: test-batch statistics, n-sample rectification, and a source prior.
+"""BatchNorm statistics adaptation: test-batch statistics, n-sample rectification, source prior.
 
 Implements three published variants behind one class:
 
@@ -47,9 +47,7 @@ def _mixed_statistics_forward(prior: float):
                 "got a batch of 1. Raise runner.batch_size or use method.statistics=samples."
             )
         if prior == 0:
-            return F.batch_norm(
-                inputs, None, None, layer.weight, layer.bias, True, 0.0, layer.eps
-            )
+            return F.batch_norm(inputs, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
         weight = prior / (prior + batch_size)
         batch_variance, batch_mean = torch.var_mean(inputs, dim=(0, 2, 3), correction=0)
         mean = weight * layer.running_mean + (1 - weight) * batch_mean
@@ -78,7 +76,8 @@ class BatchNormAdaptation(Method):
             raise ConfigurationError(f"method.prior (N) must be >= 0, got {prior}.")
         if statistics == "samples" and (not isinstance(n_samples, int) or n_samples < 2):
             raise ConfigurationError(
-                f"method.n_samples must be an integer >= 2 for statistics=samples, got {n_samples!r}."
+                "method.n_samples must be an integer >= 2 for statistics=samples, "
+                f"got {n_samples!r}."
             )
         super().__init__(model=model)
         self.statistics = statistics

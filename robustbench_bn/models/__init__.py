@@ -1,1 +1,1 @@
-"""Models: the small CIFAR-size nets written here and the source-model training for the embedded default."""
+"""Models: small CIFAR-size nets written here, source training for the embedded default."""

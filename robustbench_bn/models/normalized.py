@@ -17,12 +17,12 @@ from torch import nn
 class NormalizedModel(nn.Module):
     """``network((x - mean) / std)`` with the mean and std kept as buffers."""
 
-    def __init__(
-        self, network: nn.Module, *, mean: Sequence[float], std: Sequence[float]
-    ) -> None:
+    def __init__(self, network: nn.Module, *, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.network = network
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     @property

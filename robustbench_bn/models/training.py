@@ -19,7 +19,7 @@ from torch import nn
 from robustbench_bn.data.fashion_mnist import CLASSES, load_fashion_mnist
 from robustbench_bn.models.normalized import NormalizedModel
 from robustbench_bn.models.small_resnet import SmallResNet
-from robustbench_bn.utils.files import atomic_write, stable_hash
+from robustbench_bn.utils.files import atomic_write, file_lock, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ def train_small_resnet(
     torch.manual_seed(seed)
     train = load_fashion_mnist("train", data_dir=data_dir, download=download)
     test = load_fashion_mnist("test", data_dir=data_dir, download=download)
-    network = SmallResNet(num_classes=len(CLASSES), widths=widths, blocks_per_stage=blocks_per_stage)
+    network = SmallResNet(
+        num_classes=len(CLASSES), widths=widths, blocks_per_stage=blocks_per_stage
+    )
     model = NormalizedModel(network, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
     # channels_last is about 1.5x faster for these small convolutions on CPU.
     model = model.to(memory_format=torch.channels_last)
@@ -125,23 +127,35 @@ def trained_small_resnet(
     }
     key = stable_hash(training_config)
     path = Path(cache_dir).expanduser() / "models" / f"fashion_small_resnet-{key}.pt"
-    network = SmallResNet(num_classes=len(CLASSES), widths=widths, blocks_per_stage=blocks_per_stage)
+    network = SmallResNet(
+        num_classes=len(CLASSES), widths=widths, blocks_per_stage=blocks_per_stage
+    )
     model = NormalizedModel(network, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
-    if path.is_file():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(checkpoint["state_dict"])
-        model.cache_key = key
-        return model.eval()
+    # Parallel jobs (joblib, SLURM) wait here for the first one to train, then load its result.
+    with file_lock(path.with_suffix(".lock")):
+        if not path.is_file():
+            _train_and_save(
+                path, training_config, data_dir=data_dir, download=download, progress=progress
+            )
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.cache_key = key
+    return model.eval()
+
+
+def _train_and_save(
+    path: Path, training_config: dict, *, data_dir: str | None, download: bool, progress: bool
+) -> None:
     log.info("No cached source model at %s; training one (about a minute on 2 CPU cores).", path)
     trained, record = train_small_resnet(
         data_dir=data_dir,
         download=download,
-        widths=widths,
-        blocks_per_stage=blocks_per_stage,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
+        widths=training_config["widths"],
+        blocks_per_stage=training_config["blocks_per_stage"],
+        epochs=training_config["epochs"],
+        batch_size=training_config["batch_size"],
+        learning_rate=training_config["learning_rate"],
+        seed=training_config["seed"],
         progress=progress,
     )
     log.info(
@@ -152,8 +166,6 @@ def trained_small_resnet(
     )
     checkpoint = {"state_dict": trained.state_dict(), "config": training_config, "record": record}
     atomic_write(path, lambda temporary: torch.save(checkpoint, temporary))
-    trained.cache_key = key
-    return trained.eval()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
