@@ -8,6 +8,7 @@ different configuration (another ``config_hash``) are refused, never mixed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,13 @@ from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.utils.files import atomic_write
 
 ROWS_FILE = "rows.csv"
+STRING_COLUMNS = {
+    "config_hash": str,
+    "corruption": str,
+    "method_params": str,
+    "git_revision": str,
+}
+log = logging.getLogger(__name__)
 
 
 class JobRows:
@@ -35,19 +43,36 @@ class JobRows:
 
     def _read_existing(self) -> list[dict[str, Any]]:
         try:
-            frame = pd.read_csv(self.path, keep_default_na=False)
+            # Hashes such as "12e4..." must stay strings, never become floats.
+            frame = pd.read_csv(self.path, dtype=STRING_COLUMNS)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise ConfigurationError(
-                f"{self.path} is damaged ({error}). It was written atomically, so this is not "
-                "an interrupted run: move it away and re-run to redo every cell."
+                f"{self.path} cannot be read as CSV ({error}). Move it away and re-run to "
+                "redo every cell, or repair it by hand."
             ) from error
-        required = {"corruption", "severity", "config_hash", "correct", "n"}
+        required = {"corruption", "severity", "config_hash", "correct", "n", "accuracy"}
         if not required <= set(frame.columns):
             raise ConfigurationError(
                 f"{self.path} lacks the columns {sorted(required - set(frame.columns))}; "
                 "it was not written by this suite. Use another output folder."
             )
-        foreign = set(frame["config_hash"].astype(str)) - {self.config_hash}
+        numeric = frame[["severity", "correct", "n", "accuracy"]].apply(
+            pd.to_numeric, errors="coerce"
+        )
+        incomplete = numeric.isna().any(axis=1) | frame["config_hash"].isna()
+        if incomplete.any():
+            # This suite writes rows atomically, so a cut-off row comes from another writer
+            # (a copy interrupted, a full disk). Keep every complete row, redo the rest.
+            log.warning(
+                "%s: dropping %d incomplete row(s) %s; those cells will be evaluated again.",
+                self.path,
+                int(incomplete.sum()),
+                frame.loc[incomplete, ["corruption", "severity"]].values.tolist(),
+            )
+            frame = frame.loc[~incomplete].copy()
+            frame["severity"] = frame["severity"].astype(int)
+        frame["config_hash"] = frame["config_hash"].astype(str)
+        foreign = set(frame["config_hash"]) - {self.config_hash}
         if foreign:
             raise ConfigurationError(
                 f"{self.path} holds rows from a different configuration (config_hash "
@@ -58,9 +83,13 @@ class JobRows:
         if duplicated.any():
             raise ConfigurationError(
                 f"{self.path} has duplicated cells: "
-                f"{frame.loc[duplicated, ['corruption', 'severity']].values.tolist()}."
+                f"{frame.loc[duplicated, ['corruption', 'severity']].values.tolist()}; "
+                "keep one row per cell (or delete the file to redo the job)."
             )
-        return frame.to_dict("records")
+        rows = frame.to_dict("records")
+        if incomplete.any():
+            self._write(rows)
+        return rows
 
     def done(self) -> set[Cell]:
         return {Cell(str(row["corruption"]), int(row["severity"])) for row in self.rows}
@@ -70,7 +99,10 @@ class JobRows:
         if cell in self.done():
             raise RuntimeError(f"cell {cell} is already in {self.path}")
         self.rows.append(row)
-        frame = pd.DataFrame(self.rows)
+        self._write(self.rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        frame = pd.DataFrame(rows)
         atomic_write(self.path, lambda temporary: frame.to_csv(temporary, index=False))
 
     def frame(self) -> pd.DataFrame:
