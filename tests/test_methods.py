@@ -151,9 +151,7 @@ def _dmc(model, cache_dir, **options):
 
     train = load_fashion_mnist("train")
     method = DistributionMismatchCorrection(model=model, num_source_images=512, **options)
-    method.prepare(
-        lambda: (train.images, train.labels), cache_key="test", cache_dir=str(pytest.dmc_cache)
-    )
+    method.prepare(lambda: (train.images, train.labels), cache_key="test", cache_dir=str(cache_dir))
     return method
 
 
