@@ -102,3 +102,29 @@ def test_truncated_file_is_reported(mini_release):
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="Expected layout"):
         CifarCorrupted(name="cifar10_c", root=str(tmp_path / "nowhere"))
+
+
+def test_rbn_data_verify_catches_planted_defects(tmp_path, capsys):
+    from robustbench_bn.data.cli import main
+
+    root = tmp_path / "CIFAR-10-C"
+    root.mkdir()
+    np.save(root / "labels.npy", np.tile(np.arange(10, dtype=np.uint8), 5))
+    good = np.zeros((50, 32, 32, 3), np.uint8)
+    from robustbench_bn.data.released import CIFAR_C_CORRUPTIONS
+
+    for corruption in CIFAR_C_CORRUPTIONS:
+        np.save(root / f"{corruption}.npy", good)
+    (root / "fog.npy").unlink()
+    np.save(root / "snow.npy", good.astype(np.float32))
+    np.save(root / "frost.npy", good[:, :16])
+    (root / "contrast.npy").write_bytes((root / "contrast.npy").read_bytes()[:500])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["verify", "cifar10_c", "--root", str(root)])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "fog.npy is missing" in out
+    assert "snow.npy is float32" in out
+    assert "frost.npy is uint8 (50, 16, 32, 3)" in out
+    assert "contrast.npy cannot be read" in out and "truncated" in out
+    assert "has 50 labels, the release has 50000" in out
