@@ -1,1 +1,1 @@
-"""Data: clean datasets, corruption benchmarks (released or corrupted on the fly), the corruption engine."""
+"""Data: clean datasets, corruption benchmarks (released or on the fly), the corruption engine."""
