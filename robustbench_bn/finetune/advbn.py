@@ -127,7 +127,7 @@ def advbn_finetune(
     training_images: TrainingImages,
     cache_key: str,
     cache_dir: str,
-    split_after: str = "stages.0",
+    split_after: str = "stem",
     epochs: float = 0.3,
     batch_size: int = 128,
     learning_rate: float = 0.01,
