@@ -162,18 +162,27 @@ def evaluate_cell(
     device: torch.device,
     precision: str,
     seed: int,
+    channels_last: bool = False,
 ) -> tuple[int, int]:
     """Adapt (if the method wants samples) and count correct predictions over the whole cell."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def to_device(images: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda":
+            # Page-locked memory lets the copy overlap with the previous batch's compute.
+            images = images.pin_memory()
+        return images.to(device, non_blocking=True, memory_format=memory_format)
+
     if method.cell_samples:
         indices = _sample_indices(cell, benchmark.cell_size(cell), method.cell_samples, seed)
         samples, _ = benchmark.load(cell, indices)
         with _precision(device, precision):
-            method.adapt(samples.to(device, non_blocking=True))
+            method.adapt(to_device(samples))
     correct = 0
     total = 0
     for images, labels in iterate_cell(benchmark, cell, batch_size):
         with _precision(device, precision):
-            logits = method.predict(images.to(device, non_blocking=True))
+            logits = method.predict(to_device(images))
         if not torch.isfinite(logits).all():
             raise FloatingPointError(
                 f"The method produced non-finite logits in cell {cell}; the cell is not written. "
@@ -251,6 +260,8 @@ def _build_method(cfg: DictConfig, benchmark: CorruptionBenchmark, device: torch
         )
         model_key = stable_hash([model_key, _builder_arguments(cfg.finetune)])
     model = model.to(device).eval()
+    if cfg.runner.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     method = instantiate(_builder_arguments(cfg.method), _partial_=True)(model=model)
     if method.needs_training_data:
         method.prepare(benchmark.training_images, cache_key=model_key, cache_dir=cache_dir)
@@ -282,6 +293,7 @@ def _evaluate_remaining(
         "batch_size": int(runner.batch_size),
         "reset": runner.reset,
         "precision": runner.precision,
+        "channels_last": bool(runner.channels_last),
         "seed": int(cfg.seed),
         "config_hash": job_hash,
         "package_version": provenance["robustbench_bn"],
@@ -314,6 +326,7 @@ def _evaluate_remaining(
                 device=device,
                 precision=runner.precision,
                 seed=int(cfg.seed),
+                channels_last=bool(runner.channels_last),
             )
             seconds = time.perf_counter() - started
             accuracy = 100.0 * correct / total

@@ -138,3 +138,24 @@ def test_missing_data_dir_names_both_ways_to_get_the_data(make_config, tmp_path,
     assert "apt-get install -y dataset-fashion-mnist" in text
     assert "dataset.download=true" in text
     assert str(tmp_path / "nowhere") in text
+
+
+def test_memory_format_and_precision_are_recorded_in_every_row(make_config, tmp_path):
+    base = run(make_config(*SMALL, "dataset.corruptions=[fog]", output_dir=tmp_path / "a"))
+    channels_last = run(
+        make_config(
+            *SMALL,
+            "dataset.corruptions=[fog]",
+            "runner.channels_last=true",
+            output_dir=tmp_path / "b",
+        )
+    )
+    assert (channels_last["channels_last"]).all() and not base["channels_last"].any()
+    assert (abs(channels_last["correct"] - base["correct"]) <= 1).all()
+    bf16 = run(
+        make_config(
+            *SMALL, "dataset.corruptions=[fog]", "runner.precision=bf16", output_dir=tmp_path / "c"
+        )
+    )
+    assert (bf16["precision"] == "bf16").all()
+    assert (abs(bf16["accuracy"] - base["accuracy"]) <= 10).all()
