@@ -86,7 +86,7 @@ def test_report_writes_markdown_and_latex_with_expected_cells(tmp_path):
     )
     folder = tmp_path / "out" / "cifar10_c__toy"
     markdown = (folder / "comparison_by_severity.md").read_text()
-    assert "| severity | source | bn(statistics=batch) |" in markdown
+    assert "| severity | source | bn |" in markdown
     assert "| 3 | 30.00 | 15.00 |" in markdown
     latex = (folder / "comparison_by_severity.tex").read_text()
     assert r"\toprule" in latex and r"\bottomrule" in latex
@@ -147,3 +147,11 @@ def test_no_rows_is_a_clear_error(tmp_path, capsys):
         cli.main([str(tmp_path)])
     assert exit_info.value.code == 2
     assert "No rows.csv" in capsys.readouterr().err
+
+
+def test_labels_show_parameters_only_where_a_method_has_several(tmp_path):
+    _job(tmp_path / "a", _rows("cifar10_c", "bn", lambda c, s: 5.0, {"statistics": "batch"}))
+    _job(tmp_path / "b", _rows("cifar10_c", "bn", lambda c, s: 6.0, {"statistics": "samples"}))
+    _job(tmp_path / "c", _rows("cifar10_c", "tent", lambda c, s: 7.0, {"steps": 1}))
+    labels = set(aggregate.load_rows([tmp_path])["label"])
+    assert labels == {"bn(statistics=batch)", "bn(statistics=samples)", "tent"}

@@ -57,8 +57,14 @@ def find_rows_files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def method_label(row: pd.Series) -> str:
+def method_label(row: pd.Series, *, with_params: bool = True) -> str:
     """A readable name for a setup: method(params) plus the fine-tune when there is one."""
+    if not with_params:
+        finetune = row.get("finetune", "none")
+        prefix = (
+            f"{finetune}+" if isinstance(finetune, str) and finetune not in ("none", "") else ""
+        )
+        return f"{prefix}{row['method']}"
     try:
         params = json.loads(row.get("method_params") or "{}")
     except (TypeError, json.JSONDecodeError):
@@ -82,7 +88,13 @@ def load_rows(paths: Iterable[str | Path], *, keep: str = "error") -> pd.DataFra
     for column in SETUP_COLUMNS:
         if column not in rows:
             rows[column] = ""
-    rows["label"] = rows.apply(method_label, axis=1)
+    # Parameters appear in a label only where one method runs with several parameter sets.
+    variants = rows.groupby(["dataset", "model", "finetune", "method"])["method_params"]
+    ambiguous = variants.transform("nunique") > 1
+    rows["label"] = [
+        method_label(row, with_params=bool(needs_params))
+        for (_, row), needs_params in zip(rows.iterrows(), ambiguous, strict=True)
+    ]
     key = [c for c in SETUP_COLUMNS + CELL_COLUMNS if c in rows]
     duplicated = rows.duplicated(key, keep=False)
     if duplicated.any():
