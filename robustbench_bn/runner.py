@@ -236,10 +236,15 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         "cells_resumed": len(cells) - len(remaining),
     }
     atomic_write_text(output_dir / "job.json", json.dumps(job_record, indent=2, default=str))
+    started = time.perf_counter()
     if remaining:
         _evaluate_remaining(cfg, benchmark, remaining, rows, device, job_hash, provenance)
     else:
         log.info("All %d cells are already in %s; nothing to do.", len(cells), rows.path)
+    job_record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    job_record["seconds"] = round(time.perf_counter() - started, 2)
+    job_record["cells_evaluated"] = len(remaining)
+    atomic_write_text(output_dir / "job.json", json.dumps(job_record, indent=2, default=str))
     frame = rows.frame()
     _write_tables(frame, output_dir, print_table=bool(cfg.display.print_table))
     return frame

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -42,6 +44,9 @@ def test_run_writes_one_row_per_cell_and_tables(make_config, tmp_path):
     job = tmp_path / "job"
     on_disk = pd.read_csv(job / "rows.csv")
     assert len(on_disk) == 5
+    record = json.loads((job / "job.json").read_text())
+    assert record["cells_evaluated"] == 5 and record["seconds"] > 0
+    assert record["environment"]["torch"] and record["config"]["method"]["name"] == "bn"
     table = (job / "table.md").read_text()
     assert "| gaussian_noise |" in table and "| mean |" in table and "| clean |" in table
 
