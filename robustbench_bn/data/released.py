@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from robustbench_bn.data.benchmark import CLEAN, Cell, check_severity
+from robustbench_bn.data.corruptions import BENCHMARK_CORRUPTIONS
 from robustbench_bn.errors import ConfigurationError, DatasetNotFoundError
 
 CIFAR_C_RELEASES = {
@@ -41,22 +42,9 @@ CIFAR_C_RELEASES = {
         "clean": "cifar-100-python",
     },
 }
-CIFAR_C_CORRUPTIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
+#: The release's files: the 15 benchmark corruptions and its 4 extra ones (spatter included,
+#: which the suite's engine does not generate yet).
+CIFAR_C_CORRUPTIONS = BENCHMARK_CORRUPTIONS + (
     "speckle_noise",
     "gaussian_blur",
     "spatter",
