@@ -1,83 +1,202 @@
-"""AdvBN fine-tuning: the attack, the returned architecture, the cache, clean accuracy."""
+"""AdvBN fine-tuning: the attack, split points, the returned architecture, the cache, the
+runner, and (slow) clean accuracy of a real fine-tune of the embedded model."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
 
 from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.finetune import advbn
+from robustbench_bn.runner import run
+
+#: Mechanics only: 2 steps of batch 64 on the 256 fixture images.
+FEW_STEPS = {"epochs": 0.5, "batch_size": 64, "progress": False}
 
 
 def _training(fashion_images):
     images, labels = fashion_images
-    return lambda: ((images * 255).to(torch.uint8), labels)
+    return lambda: ((images * 255).round().to(torch.uint8), labels)
 
 
-def test_adversarial_statistics_raise_the_loss(quick_model, fashion_images):
-    model = copy.deepcopy(quick_model)
-    blocks = advbn.sequential_blocks(model.network)
-    index = advbn.split_index(blocks, "stem")
-    front = torch.nn.Sequential(*[b for _, b in blocks[:index]])
-    head = torch.nn.Sequential(*[b for _, b in blocks[index:]]).eval()
+def _finetune(model, fashion_images, cache_dir, **options):
+    return advbn.advbn_finetune(
+        model=model,
+        training_images=_training(fashion_images),
+        cache_key="quick",
+        cache_dir=str(cache_dir),
+        **{**FEW_STEPS, **options},
+    )
+
+
+@pytest.mark.parametrize("split_after", ["stem", "stages.0"])
+def test_adversarial_statistics_raise_the_loss(quick_model, fashion_images, split_after):
+    front, head = advbn.split_model(copy.deepcopy(quick_model), split_after)
+    head.eval()
     images, labels = fashion_images
     with torch.no_grad():
-        features = front((images - model.mean) / model.std)
+        features = front(images)
     ones = torch.ones(1, features.shape[1], 1, 1)
-    clean_loss = F.cross_entropy(head(advbn.perturb_statistics(features, ones, ones)), labels)
+    # At a valid split point the features are post-ReLU, so the unperturbed AdvBN layer
+    # (scales 1, then ReLU) is the identity: the clean loss below is the model's own loss.
+    assert torch.allclose(advbn.perturb_statistics(features, ones, ones), features, atol=1e-6)
+    assert torch.allclose(head(features), quick_model(images), atol=1e-5)
+    clean_loss = F.cross_entropy(head(features), labels)
     scales = advbn.adversarial_scales(head, features, labels, steps=6, step_size=0.2, bound=1.1)
     adversarial_loss = F.cross_entropy(head(advbn.perturb_statistics(features, *scales)), labels)
-    assert adversarial_loss > clean_loss + 0.1
-    assert all(float(s.min()) >= -0.1 - 1e-6 and float(s.max()) <= 2.1 + 1e-6 for s in scales)
+    assert adversarial_loss > clean_loss + 0.5
+    for scale in scales:
+        assert scale.shape == (1, features.shape[1], 1, 1)
+        assert float(scale.min()) >= -0.1 - 1e-6 and float(scale.max()) <= 2.1 + 1e-6
+        assert not torch.equal(scale, torch.ones_like(scale))
+    # The attack puts the head in eval mode and restores the mode it found.
+    assert not head.training
+    head.train()
+    advbn.adversarial_scales(head, features, labels, steps=1, step_size=0.2, bound=1.1)
+    assert head.training
+
+
+def test_attack_runs_in_eval_mode_and_leaves_running_statistics_alone(quick_model, fashion_images):
+    front, head = advbn.split_model(copy.deepcopy(quick_model), "stem")
+    head.train()
+    before = copy.deepcopy(head.state_dict())
+    images, labels = fashion_images
+    with torch.no_grad():
+        features = front(images)
+    advbn.adversarial_scales(head, features, labels, steps=6, step_size=0.2, bound=1.1)
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize(
+    ("split_after", "message"),
+    [
+        ("layer9", "names no module of SmallResNet; valid split points: .*stages.0"),
+        ("stem.0", "does not end in a ReLU"),
+        ("stages.2", "no BatchNorm2d layer follows it"),
+        ("head", "it is the last block"),
+    ],
+)
+def test_invalid_split_points_say_why_and_list_the_valid_ones(
+    quick_model, fashion_images, tmp_path, split_after, message
+):
+    with pytest.raises(ConfigurationError, match=message) as error:
+        _finetune(quick_model, fashion_images, tmp_path, split_after=split_after)
+    assert "stages.0, stages.1, stem" in str(error.value)
+    assert not (tmp_path / "finetune").exists() or not any((tmp_path / "finetune").glob("*.pt"))
+
+
+def test_network_that_is_not_a_chain_of_its_blocks_is_refused(fashion_images, tmp_path):
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.body = nn.Sequential(nn.Conv2d(4, 3, 3, padding=1), nn.BatchNorm2d(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(self.stem(x)) + x
+
+    with pytest.raises(ConfigurationError, match="not the composition of its top-level blocks"):
+        _finetune(Residual(), fashion_images, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("epochs", 0), ("batch_size", 1), ("attack_steps", 0), ("lr_schedule", "step")],
+)
+def test_bad_settings_are_configuration_errors(
+    quick_model, fashion_images, tmp_path, setting, value
+):
+    with pytest.raises(ConfigurationError, match=f"finetune.{setting} must be"):
+        _finetune(quick_model, fashion_images, tmp_path, **{setting: value})
 
 
 def test_finetune_keeps_the_architecture_and_uses_its_cache(
     quick_model, fashion_images, tmp_path, monkeypatch
 ):
-    options = {"split_after": "stem", "epochs": 0.5, "batch_size": 64, "progress": False}
-    tuned = advbn.advbn_finetune(
-        model=quick_model,
-        training_images=_training(fashion_images),
-        cache_key="quick",
-        cache_dir=str(tmp_path),
-        **options,
-    )
-    assert tuned.state_dict().keys() == quick_model.state_dict().keys()
-    assert any(
-        not torch.equal(tuned.state_dict()[k], v) for k, v in quick_model.state_dict().items()
-    )
-    # The front (before the split) is frozen.
+    source_state = copy.deepcopy(quick_model.state_dict())
+    rng_state = torch.random.get_rng_state()
+    tuned = _finetune(quick_model, fashion_images, tmp_path)
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+    # The source model itself is untouched; the tuned copy is a plain model of its kind.
     for key, value in quick_model.state_dict().items():
-        if key.startswith("network.stem.0"):
-            assert torch.equal(tuned.state_dict()[key], value)
+        assert torch.equal(value, source_state[key]), key
+    assert tuned.state_dict().keys() == quick_model.state_dict().keys()
+    assert [type(m) for m in tuned.modules()] == [type(m) for m in quick_model.modules()]
+    assert not tuned.training
+    assert tuned.preprocessing == quick_model.preprocessing
+    changed = {
+        k for k, v in quick_model.state_dict().items() if not torch.equal(tuned.state_dict()[k], v)
+    }
+    # The front (stem) is frozen in eval mode: neither weights nor running statistics move.
+    assert not any(key.startswith("network.stem.") for key in changed)
+    assert any(key.startswith("network.stages.0.") and "weight" in key for key in changed)
+    assert "network.stages.0.0.bn1.running_mean" in changed
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a cached fine-tune was trained again")
 
     monkeypatch.setattr(advbn, "_train", must_not_train)
-    again = advbn.advbn_finetune(
-        model=quick_model,
-        training_images=_training(fashion_images),
-        cache_key="quick",
-        cache_dir=str(tmp_path),
-        **options,
-    )
+    again = _finetune(quick_model, fashion_images, tmp_path)
     for key, value in tuned.state_dict().items():
-        assert torch.equal(again.state_dict()[key], value)
-
-
-def test_unknown_split_point_lists_the_valid_ones(quick_model, fashion_images, tmp_path):
-    with pytest.raises(ConfigurationError, match="valid: .*stages"):
+        assert torch.equal(again.state_dict()[key], value), key
+    # A different setting, or a different source model, is a different artifact.
+    with pytest.raises(AssertionError, match="trained again"):
+        _finetune(quick_model, fashion_images, tmp_path, learning_rate=0.123)
+    with pytest.raises(AssertionError, match="trained again"):
         advbn.advbn_finetune(
             model=quick_model,
             training_images=_training(fashion_images),
-            cache_key="quick",
+            cache_key="another source model",
             cache_dir=str(tmp_path),
-            split_after="layer9",
+            **FEW_STEPS,
         )
+
+
+def test_finetune_is_seeded(quick_model, fashion_images, tmp_path):
+    one_step = {"epochs": 0.25}
+    first = _finetune(quick_model, fashion_images, tmp_path / "a", **one_step)
+    second = _finetune(quick_model, fashion_images, tmp_path / "b", **one_step)
+    other_seed = _finetune(quick_model, fashion_images, tmp_path / "c", seed=1, **one_step)
+    weight = "network.stages.1.0.conv1.weight"
+    assert torch.equal(first.state_dict()[weight], second.state_dict()[weight])
+    assert not torch.equal(first.state_dict()[weight], other_seed.state_dict()[weight])
+
+
+def test_config_node_matches_the_function_defaults(make_config):
+    node = make_config("finetune=advbn").finetune
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(advbn.advbn_finetune).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    for name, value in node.items():
+        if name in ("name", "_target_", "progress"):
+            continue
+        assert defaults[name] == value, name
+    assert instantiate({k: v for k, v in node.items() if k != "name"}, _partial_=True)
+
+
+def test_runner_applies_bn_to_the_finetuned_model(make_config):
+    cfg = make_config(
+        "finetune=advbn",
+        "finetune.epochs=0.005",
+        "method=bn",
+        "dataset.n_examples=64",
+        "runner.batch_size=32",
+        "dataset.corruptions=[gaussian_noise]",
+        "dataset.severities=[3]",
+    )
+    rows = run(cfg)
+    assert list(rows["corruption"]) == ["clean", "gaussian_noise"]
+    assert (rows["finetune"] == "advbn").all() and (rows["method"] == "bn").all()
+    assert (rows["accuracy"] > 30).all()
 
 
 @pytest.mark.slow
@@ -96,7 +215,7 @@ def test_default_finetune_keeps_clean_accuracy_of_the_embedded_model(session_cac
         progress=False,
     )
 
-    def accuracy(model):
+    def accuracy(model: nn.Module) -> float:
         with torch.inference_mode():
             predictions = torch.cat(
                 [
