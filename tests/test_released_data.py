@@ -304,7 +304,8 @@ def test_subset_file_reads_the_listed_images(tmp_path):
     root = make_tree(tmp_path / "tiny", size=64)
     listing = tmp_path / "subset.txt"
     listing.write_text(
-        f"# a user's list\n{WNIDS[2]}/ILSVRC2012_val_20001.JPEG\n{WNIDS[0]}/ILSVRC2012_val_00000.JPEG\n"
+        f"# a user's list\n{WNIDS[2]}/ILSVRC2012_val_20001.JPEG\n"
+        f"{WNIDS[0]}/ILSVRC2012_val_00000.JPEG\n"
     )
     release = ImageTreeCorrupted(
         name="tiny_imagenet_c", root=str(root), num_classes=3, subset="file",
@@ -346,9 +347,7 @@ def test_tree_defects_are_clear_errors(tmp_path):
     with pytest.raises(ConfigurationError, match="truncated"):
         fresh().load(Cell("fog", 3), torch.arange(2))
     small = io.encode_jpeg(torch.zeros(3, 100, 100, dtype=torch.uint8))
-    (root / "fog" / "4" / WNIDS[0] / "ILSVRC2012_val_00000.JPEG").write_bytes(
-        bytes(small.numpy())
-    )
+    (root / "fog" / "4" / WNIDS[0] / "ILSVRC2012_val_00000.JPEG").write_bytes(bytes(small.numpy()))
     with pytest.raises(ConfigurationError, match="100x100 pixels, expected 224x224"):
         fresh().load(Cell("fog", 4), torch.arange(2))
     with pytest.raises(ConfigurationError, match="dataset.subset must be one of"):
