@@ -29,14 +29,20 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_config(tmp_path: Path, session_cache: Path) -> Callable[..., DictConfig]:
-    """``make_config(*overrides, output_dir=None)`` composes the suite's config for a test."""
+    """``make_config(*overrides, output_dir=None, quick_model=True)`` composes the suite's config.
 
-    def compose_config(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+    ``quick_model`` shortens the embedded model's training; turn it off for presets whose
+    model has no ``epochs`` setting.
+    """
+
+    def compose_config(
+        *overrides: str, output_dir: Path | None = None, quick_model: bool = True
+    ) -> DictConfig:
         with initialize_config_module(config_module="robustbench_bn.conf", version_base="1.3"):
             cfg = compose(
                 config_name="config",
                 overrides=[
-                    *QUICK_MODEL,
+                    *(QUICK_MODEL if quick_model else []),
                     f"paths.cache_dir={session_cache}",
                     "display.progress=false",
                     "display.print_table=false",

@@ -106,6 +106,13 @@ def test_network_that_is_not_a_chain_of_its_blocks_is_refused(fashion_images, tm
         _finetune(Residual(), fashion_images, tmp_path)
 
 
+def test_zoo_model_with_functional_forward_is_refused(fashion_images, tmp_path):
+    from robustbench_bn.models.cifar_resnet import resnet20
+
+    with pytest.raises(ConfigurationError, match="Use a model built as a chain of blocks"):
+        _finetune(resnet20(), fashion_images, tmp_path, split_after="layer1")
+
+
 @pytest.mark.parametrize(
     ("setting", "value"),
     [("epochs", 0), ("batch_size", 1), ("attack_steps", 0), ("lr_schedule", "step")],

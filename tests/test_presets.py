@@ -16,7 +16,7 @@ PRESETS = sorted(
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_composes(make_config, preset):
-    cfg = make_config(f"experiment={preset}")
+    cfg = make_config(f"experiment={preset}", quick_model=False)
     assert cfg.method.name and cfg.dataset.name
 
 
@@ -42,3 +42,29 @@ def test_paper_presets_set_their_protocol(make_config):
 def test_presets_can_be_overridden_on_the_command_line(make_config):
     cfg = make_config("experiment=benz2021", "method.n_samples=64")
     assert cfg.method.n_samples == 64
+
+
+def test_released_data_presets_set_their_protocol(make_config):
+    tent = make_config("experiment=tent_cifar10c_sev5", quick_model=False)
+    assert (tent.model.name, tent.dataset.name, list(tent.dataset.severities)) == (
+        "wrn28_10_robustbench_standard",
+        "cifar10_c",
+        [5],
+    )
+    assert (tent.runner.batch_size, tent.runner.reset, tent.dataset.include_clean) == (
+        200,
+        "per_cell",
+        False,
+    )
+    benz = make_config("experiment=benz2021_resnet20_cifar10c", quick_model=False)
+    assert (benz.method.statistics, benz.method.n_samples, benz.seed) == ("samples", 32, 333)
+    assert len(benz.dataset.corruptions) == 19
+    full = make_config("experiment=schneider2020_imagenetc", quick_model=False)
+    partial = make_config(
+        "experiment=schneider2020_imagenetc", "adaptation=partial", quick_model=False
+    )
+    assert (full.method.prior, full.runner.batch_size) == (0, 512)
+    assert (partial.method.prior, partial.runner.batch_size) == (16, 8)
+    assert full.dataset.subset == "all" and full.model.weights == "IMAGENET1K_V1"
+    advbn = make_config("experiment=shu2021_advbn_imagenetc", quick_model=False)
+    assert (advbn.finetune.name, advbn.finetune.split_after) == ("advbn", "layer1")

@@ -1,21 +1,58 @@
-"""The CI regression guard: re-run the slice and compare it with the committed baseline."""
+"""The CI regression guard: re-run the slice of every method and compare it with the baseline.
+
+Each setup of :mod:`robustbench_bn.report.regression` runs for real through
+``runner.run`` on a config from conftest's ``make_config`` (the quick 0.1-epoch model, the
+session's cache) and is compared cell by cell with ``results/fashion_mnist_c/ci_slice.csv``
+within :data:`~robustbench_bn.report.regression.TOLERANCE`. The cheap setups run with the
+fast tests; dmc (source quantiles) and AdvBN (a fine-tune) are marked ``slow``.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from robustbench_bn.report import compare
-from robustbench_bn.report.regression import TOLERANCE, run_slice
+from robustbench_bn.report.regression import (
+    CELLS_PER_SETUP,
+    SETUPS,
+    TOLERANCE,
+    setup_overrides,
+)
+from robustbench_bn.runner import run
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "fashion_mnist_c" / "ci_slice.csv"
+SLOW_SETUPS = {"dmc", "advbn_bn"}
 
 
-@pytest.mark.slow
-def test_slice_matches_the_committed_baseline(tmp_path, session_cache):
-    run_slice(cache_dir=session_cache, output_dir=tmp_path / "jobs")
-    merged = compare.compare([str(tmp_path / "jobs")], str(BASELINE), TOLERANCE)
-    text, passed = compare.report(merged, TOLERANCE)
-    assert passed, text
-    assert len(merged) == 60  # 6 setups x (clean + 3 corruptions x 3 severities)
+def _setup_key(frame: pd.DataFrame) -> pd.Series:
+    params = frame["method_params"].map(lambda text: json.dumps(json.loads(text), sort_keys=True))
+    return frame["finetune"] + "|" + frame["method"] + "|" + params
+
+
+def test_baseline_holds_every_setup_of_the_slice():
+    baseline = pd.read_csv(BASELINE, dtype={"method_params": str})
+    counts = _setup_key(baseline).value_counts()
+    assert len(counts) == len(SETUPS)
+    assert (counts == CELLS_PER_SETUP).all()
+    assert set(baseline["severity"]) == {0, 1, 3, 5}
+    assert baseline["n"].eq(500).all() and baseline["seed"].eq(0).all()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SETUPS else n for n in SETUPS],
+)
+def test_setup_matches_the_committed_baseline(name, make_config, tmp_path):
+    rows = run(make_config(*setup_overrides(name), output_dir=tmp_path / "job"))
+    baseline = pd.read_csv(BASELINE, dtype={"method_params": str})
+    own = baseline[_setup_key(baseline).isin(set(_setup_key(rows)))]
+    assert len(own) == CELLS_PER_SETUP, f"{name}: no baseline rows for {set(_setup_key(rows))}"
+    reference = tmp_path / "reference.csv"
+    own.to_csv(reference, index=False)
+
+    comparison = compare.compare([str(tmp_path / "job")], str(reference), TOLERANCE)
+    assert comparison.passed, f"{name} moved:\n{compare.report(comparison)}"

@@ -172,6 +172,11 @@ def _probe_block_outputs(
     probe = normalize(torch.rand(4, 3, 32, 32, generator=generator))
     was_training = network.training
     network.eval()
+    refusal = ConfigurationError(
+        f"finetune=advbn cannot split {type(network).__name__}: its forward is not the "
+        "composition of its top-level blocks (it uses functional operations between them). "
+        "Use a model built as a chain of blocks, such as model=fashion_small_resnet."
+    )
     try:
         with torch.no_grad():
             expected = network(probe)
@@ -181,13 +186,13 @@ def _probe_block_outputs(
                 features = block(features)
                 # Cloned: a following in-place ReLU would otherwise overwrite this output.
                 outputs.append(features.clone())
+    except RuntimeError as error:
+        # e.g. a classifier that receives an unflattened feature map.
+        raise refusal from error
     finally:
         network.train(was_training)
     if features.shape != expected.shape or not torch.allclose(features, expected, atol=1e-5):
-        raise ConfigurationError(
-            f"finetune=advbn cannot split {type(network).__name__}: its forward is not the "
-            "composition of its top-level blocks. Use a model such as fashion_small_resnet."
-        )
+        raise refusal
     return outputs
 
 

@@ -1,7 +1,14 @@
 """``rbn-report``: aggregate job/multirun folders into tables and plots, or compare them.
 
-rbn-report DIR [DIR ...] [--out DIR] [--metric accuracy|error] [--keep error|newest]
-rbn-report compare RUN REFERENCE [--tol 0.5]
+    rbn-report DIR [DIR ...] [--out DIR] [--metric accuracy|error] [--keep error|newest]
+    rbn-report compare RUN [RUN ...] REFERENCE [--tol 0.5] [--keep error|newest]
+
+The first form reads every rows.csv under the folders and writes, per dataset and model, a
+corruption x severity table per setup, comparison tables (per corruption, per severity,
+overall), a summary (clean error, mean error, mCE and relative mCE where AlexNet's errors are
+declared) as Markdown, CSV and LaTeX, and the figures as PNG and PDF. The second compares a
+run with a reference CSV cell by cell and exits 1 when a cell moved or is missing.
+Exit status 2 means bad input (no rows, duplicated cells, unreadable files).
 """
 
 from __future__ import annotations
@@ -15,102 +22,149 @@ import pandas as pd
 
 from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.report import aggregate, formats, mce, plots
-from robustbench_bn.utils.tables import markdown_table
+
+METRICS = ("accuracy", "error")
+
+
+def _file_name(text: str) -> str:
+    """A label or dataset name as a portable file name."""
+    return "".join(c if c.isalnum() or c in "-_=." else "_" for c in text).strip("_")
 
 
 def build_report(
-    paths: Sequence[str],
+    paths: Sequence[str | Path],
     out: Path,
     *,
     metric: str = "accuracy",
     keep: str = "error",
     make_plots: bool = True,
 ) -> str:
-    """Write every table and figure for the rows under ``paths`` into ``out``; returns a summary."""
+    """Write every table and figure for the rows under ``paths`` into ``out``; returns the
+    Markdown summary (also written to ``out``/report.md)."""
+    if metric not in METRICS:
+        raise ConfigurationError(f"metric must be one of {METRICS}, got {metric!r}.")
     rows = aggregate.load_rows(paths, keep=keep)
     out.mkdir(parents=True, exist_ok=True)
-    summary: list[str] = []
+    rows.to_csv(out / "rows.csv", index=False)
+    summary: list[str] = [
+        f"# rbn-report: {len(rows)} rows from {rows['source_folder'].nunique()} job folders\n"
+    ]
+    setups: list[str] = []
     for (dataset, model), group in rows.groupby(["dataset", "model"], sort=False):
-        folder = out / f"{dataset}__{model}"
+        folder = out / f"{_file_name(str(dataset))}__{_file_name(str(model))}"
         folder.mkdir(parents=True, exist_ok=True)
         title = f"{dataset} | {model} | {metric} (%)"
-        summary.append(f"## {title}\n")
-        for label, setup in group.groupby("label", sort=False):
-            stem = "table__" + "".join(c if c.isalnum() or c in "-_=." else "_" for c in label)
-            formats.write_all_formats(
-                aggregate.severity_table(setup, metric), folder, stem, "corruption"
-            )
-        tables = aggregate.comparison_tables(group, metric)
-        for name, table in tables.items():
+        summary.append(f"## {dataset} | {model}\n")
+
+        table, notes = mce.summary_table(group)
+        summary.append(
+            "Error (%) per setup: clean, mean over the corrupted cells"
+            + (", mCE and relative mCE (AlexNet = 100)" if "mCE" in table else "")
+            + ":\n\n"
+            + formats.write_all_formats(table, folder, "summary", "setup")
+            + "\n"
+        )
+        coverage = aggregate.coverage_note(group)
+        if coverage:
+            notes.append(coverage)
+        for name, comparison in aggregate.comparison_tables(group, metric).items():
             index_name = "corruption" if name == "by_corruption" else "severity"
-            markdown = formats.write_all_formats(table, folder, f"comparison_{name}", index_name)
-            summary.append(f"{metric} by {index_name}, mean over the other axis:\n\n{markdown}\n")
-        mce_frame, notes = mce.mce_table(group)
-        if not mce_frame.empty:
-            table = mce_frame.set_index("label")[["mCE", "relative_mCE"]]
-            summary.append(
-                "mCE (%, AlexNet = 100):\n\n"
-                + formats.write_all_formats(table, folder, "mce", "method")
-                + "\n"
+            other = "severities" if name == "by_corruption" else "corruptions"
+            markdown = formats.write_all_formats(
+                comparison, folder, f"comparison_{name}", index_name
             )
-        summary.extend(f"note: {note}\n" for note in notes)
+            summary.append(f"{metric} (%) by {index_name}, mean over {other}:\n\n{markdown}\n")
+
+        for label in aggregate.ordered_labels(group):
+            setup = group[group["label"] == label]
+            markdown = formats.write_all_formats(
+                aggregate.severity_table(setup, metric),
+                folder,
+                f"table__{_file_name(label)}",
+                "corruption",
+            )
+            setups.append(f"### {dataset} | {model} | {label} | {metric} (%)\n\n{markdown}\n")
+
         if make_plots:
             plots.severity_curves(group, metric, folder, title)
-            plots.gain_heatmap(group, metric, folder, title)
+            if not plots.gain_heatmap(group, folder, f"{dataset} | {model}"):
+                notes.append(
+                    "no gain heatmap: it needs exactly one setup with method source and no "
+                    "fine-tune, plus at least one other setup."
+                )
             plots.per_corruption_curves(group, metric, folder, title)
+        summary.extend(f"note: {note}\n" for note in notes)
         summary.append(f"tables and figures: {folder}\n")
     text = "\n".join(summary)
-    (out / "report.md").write_text(text)
+    per_setup = "\n## Per setup: corruption x severity\n\n" + "\n".join(setups)
+    (out / "report.md").write_text(text + per_setup)
     return text
 
 
-def _main_compare(argv: Sequence[str]) -> int:
+def _compare_main(argv: Sequence[str]) -> int:
     from robustbench_bn.report import compare
 
     parser = argparse.ArgumentParser(
-        prog="rbn-report compare", description="Compare a run with a reference, cell by cell."
+        prog="rbn-report compare",
+        description="Compare a run with a reference CSV, cell by cell (the CI regression guard).",
     )
     parser.add_argument("run", nargs="+", help="job or multirun folder(s) of the run")
     parser.add_argument("reference", help="reference CSV in the suite's long row schema")
-    parser.add_argument("--tol", type=float, default=0.5, help="allowed |difference| (points)")
+    parser.add_argument(
+        "--tol", type=float, default=0.5, help="allowed |difference| in accuracy points"
+    )
+    parser.add_argument("--keep", choices=("error", "newest"), default="error")
     arguments = parser.parse_args(argv)
-    merged = compare.compare(arguments.run, arguments.reference, arguments.tol)
-    text, passed = compare.report(merged, arguments.tol)
-    print(text)
-    print("PASS" if passed else "FAIL")
-    return 0 if passed else 1
+    comparison = compare.compare(
+        arguments.run, arguments.reference, arguments.tol, keep=arguments.keep
+    )
+    print(compare.report(comparison))
+    return 0 if comparison.passed else 1
+
+
+def _report_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rbn-report",
+        description="Tables (Markdown, CSV, LaTeX) and figures from rbn-run folders. "
+        "'rbn-report compare -h' for the regression check.",
+    )
+    parser.add_argument("paths", nargs="+", help="job folders, multirun folders, rows.csv files")
+    parser.add_argument("--out", type=Path, default=Path("outputs/report"))
+    parser.add_argument("--metric", choices=METRICS, default="accuracy")
+    parser.add_argument(
+        "--keep",
+        choices=("error", "newest"),
+        default="error",
+        help="the same cell in two folders: fail (default) or keep the newest row",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    arguments = parser.parse_args(argv)
+    pd.set_option("display.width", 200)
+    print(
+        build_report(
+            arguments.paths,
+            arguments.out,
+            metric=arguments.metric,
+            keep=arguments.keep,
+            make_plots=not arguments.no_plots,
+        )
+    )
+    print(f"report: {arguments.out / 'report.md'}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``rbn-report``; exits 0 (done / comparison passed), 1 (comparison
+    failed) or 2 (bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["compare"]:
-            sys.exit(_main_compare(argv[1:]))
-        parser = argparse.ArgumentParser(prog="rbn-report", description=__doc__.splitlines()[0])
-        parser.add_argument("paths", nargs="+", help="job folders, multirun folders, rows.csv")
-        parser.add_argument("--out", type=Path, default=Path("outputs/report"))
-        parser.add_argument("--metric", choices=("accuracy", "error"), default="accuracy")
-        parser.add_argument(
-            "--keep",
-            choices=("error", "newest"),
-            default="error",
-            help="on the same cell in two folders: fail (default) or keep newest",
-        )
-        parser.add_argument("--no-plots", action="store_true")
-        arguments = parser.parse_args(argv)
-        pd.set_option("display.width", 200)
-        print(
-            build_report(
-                arguments.paths,
-                arguments.out,
-                metric=arguments.metric,
-                keep=arguments.keep,
-                make_plots=not arguments.no_plots,
-            )
-        )
+            sys.exit(_compare_main(argv[1:]))
+        sys.exit(_report_main(argv))
     except ConfigurationError as error:
         print(f"rbn-report: error: {error}", file=sys.stderr)
         sys.exit(2)
-
-
-__all__ = ["build_report", "main", "markdown_table"]
+    except BrokenPipeError:
+        # Output piped into head: the reader has what it wanted; the status stays honest.
+        sys.stderr.close()
+        sys.exit(1)

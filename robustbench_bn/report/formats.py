@@ -10,28 +10,33 @@ import pandas as pd
 from robustbench_bn.utils.files import atomic_write_text
 from robustbench_bn.utils.tables import markdown_table
 
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "&": r"\&",
+    "%": r"\%",
+    "#": r"\#",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
-def _latex_escape(text: str) -> str:
-    for character, escaped in (
-        ("\\", r"\textbackslash{}"),
-        ("_", r"\_"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("#", r"\#"),
-        ("{", r"\{"),
-        ("}", r"\}"),
-    ):
-        text = text.replace(character, escaped)
-    return text
+
+def latex_escape(text: str) -> str:
+    """Text safe inside a tabular cell; one pass, so the escapes are not escaped again."""
+    return "".join(LATEX_SPECIAL.get(character, character) for character in text)
 
 
 def latex_table(table: pd.DataFrame, *, index_name: str = "", digits: int = 1) -> str:
     """A booktabs tabular: \\toprule, \\midrule before the summary rows, \\bottomrule."""
     columns = [index_name] + [str(column) for column in table.columns]
     lines = [
+        r"% needs \usepackage{booktabs}",
         r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
         r"\toprule",
-        " & ".join(_latex_escape(column) for column in columns) + r" \\",
+        " & ".join(latex_escape(column) for column in columns) + r" \\",
         r"\midrule",
     ]
     for index, row in table.iterrows():
@@ -40,10 +45,10 @@ def latex_table(table: pd.DataFrame, *, index_name: str = "", digits: int = 1) -
         values = [
             ""
             if isinstance(v, float) and math.isnan(v)
-            else (f"{v:.{digits}f}" if isinstance(v, float) else _latex_escape(str(v)))
+            else (f"{v:.{digits}f}" if isinstance(v, float) else latex_escape(str(v)))
             for v in row.tolist()
         ]
-        lines.append(" & ".join([_latex_escape(str(index))] + values) + r" \\")
+        lines.append(" & ".join([latex_escape(str(index))] + values) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
 

@@ -1,31 +1,42 @@
 """The CI regression slice: a reduced but real run of every method on the embedded default.
 
-``run_slice`` evaluates a fixed, seeded slice (3 corruptions x severities 1, 3, 5 + clean,
-500 images, the quickly trained 0.1-epoch source model) for every method and AdvBN + bn.
-``scripts/make_ci_baseline.py`` writes its rows to ``results/fashion_mnist_c/ci_slice.csv``;
-``tests/test_regression_baseline.py`` re-runs it and compares cell by cell, so a change that
-moves a number fails CI.
+The slice is fixed and seeded: 3 corruptions x severities 1, 3, 5 plus clean, the first 500
+Fashion-MNIST test images, batch 100, seed 0, and the quickly trained source model
+(``model.epochs=0.1``, the same override tests/conftest.py applies to every test config), for
+source, bn (batch), bn (samples, n=32), tent, dmc (exact, K=512 source images) and AdvBN
+(0.02 epochs) + bn. ``results/fashion_mnist_c/ci_slice.csv`` holds its rows from a real run;
+``tests/test_regression_baseline.py`` re-runs every setup through ``runner.run`` with
+conftest's ``make_config`` and the overrides of :func:`setup_overrides`, and compares the
+cells with :mod:`robustbench_bn.report.compare`, so a change that moves a number fails CI.
+
+Regenerate the baseline (only for a change meant to move numbers, and say so in the commit):
+
+    .venv/bin/python -m robustbench_bn.report.regression results/fashion_mnist_c/ci_slice.csv
 """
 
 from __future__ import annotations
 
+import argparse
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
-COMMON_OVERRIDES = (
-    "model.epochs=0.1",
+#: The quick source model; must equal tests/conftest.py's QUICK_MODEL.
+QUICK_MODEL_OVERRIDES = ("model.epochs=0.1",)
+#: What tests/conftest.py's make_config adds besides the quick model and the cache folder.
+DISPLAY_OVERRIDES = ("display.progress=false", "display.print_table=false")
+SLICE_OVERRIDES = (
     "dataset.n_examples=500",
     "runner.batch_size=100",
     "dataset.corruptions=[gaussian_noise,fog,contrast]",
     "dataset.severities=[1,3,5]",
     "seed=0",
-    "display.progress=false",
-    "display.print_table=false",
 )
-SETUPS = {
+SETUPS: dict[str, tuple[str, ...]] = {
     "source": ("method=source",),
     "bn": ("method=bn",),
     "bn_samples": ("method=bn", "method.statistics=samples"),
@@ -33,30 +44,83 @@ SETUPS = {
     "dmc": ("method=dmc", "method.num_source_images=512"),
     "advbn_bn": ("finetune=advbn", "finetune.epochs=0.02", "method=bn"),
 }
-#: |difference| allowed per cell, in accuracy points: 5 images of 500. Same code on another
-#: CPU can flip a few predictions (float summation order in the 0.1-epoch training and in
-#: convolutions); a real change to a method or the data moves far more cells, and further.
+#: Cells per setup: clean + 3 corruptions x 3 severities.
+CELLS_PER_SETUP = 10
+#: |difference| allowed per cell, in accuracy points: 5 images of 500. The same code on another
+#: CPU can flip a few predictions (float summation order in the 0.1-epoch training and in the
+#: convolutions); a real change to a method or to the data moves more cells, and further.
 TOLERANCE = 1.0
+#: The baseline keeps the key, measurement and provenance columns of the suite's row schema.
+BASELINE_COLUMNS = (
+    "dataset",
+    "model",
+    "finetune",
+    "method",
+    "method_params",
+    "corruption",
+    "severity",
+    "n",
+    "correct",
+    "accuracy",
+    "error",
+    "seed",
+    "batch_size",
+    "n_examples",
+    "git_revision",
+    "torch_version",
+    "device",
+)
+
+
+def setup_overrides(name: str) -> list[str]:
+    """Every override of one setup of the slice, the quick model included."""
+    return [*QUICK_MODEL_OVERRIDES, *SLICE_OVERRIDES, *SETUPS[name]]
 
 
 def compose_setup(name: str, *, cache_dir: Path, output_dir: Path) -> DictConfig:
+    """The config of one setup, composed exactly as conftest's ``make_config`` composes it."""
     import robustbench_bn.run  # noqa: F401  (registers the config-hash resolver)
 
     with initialize_config_module(config_module="robustbench_bn.conf", version_base="1.3"):
         cfg = compose(
             config_name="config",
-            overrides=[*COMMON_OVERRIDES, *SETUPS[name], f"paths.cache_dir={cache_dir}"],
+            overrides=[
+                f"paths.cache_dir={cache_dir}",
+                *DISPLAY_OVERRIDES,
+                *setup_overrides(name),
+            ],
         )
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir / name)
     return cfg
 
 
-def run_slice(*, cache_dir: Path, output_dir: Path) -> pd.DataFrame:
-    """Run every setup of the slice; returns all rows."""
+def run_slice(
+    *, cache_dir: Path, output_dir: Path, setups: Sequence[str] = tuple(SETUPS)
+) -> pd.DataFrame:
+    """Run the named setups of the slice (all by default); returns their rows."""
     from robustbench_bn.runner import run
 
     frames = [
-        run(compose_setup(name, cache_dir=cache_dir, output_dir=output_dir)) for name in SETUPS
+        run(compose_setup(name, cache_dir=cache_dir, output_dir=output_dir)) for name in setups
     ]
     return pd.concat(frames, ignore_index=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Write the slice's rows to the CSV named on the command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m robustbench_bn.report.regression",
+        description="Run the CI regression slice and write its rows as the baseline CSV.",
+    )
+    parser.add_argument("target", type=Path, help="e.g. results/fashion_mnist_c/ci_slice.csv")
+    arguments = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = run_slice(cache_dir=Path(scratch) / "cache", output_dir=Path(scratch) / "jobs")
+    arguments.target.parent.mkdir(parents=True, exist_ok=True)
+    rows[list(BASELINE_COLUMNS)].to_csv(arguments.target, index=False)
+    print(f"wrote {len(rows)} rows to {arguments.target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,23 +1,28 @@
 """The suite's corruption engine: the common corruptions of Hendrycks & Dietterich 2019 (ICLR,
-"Benchmarking Neural Network Robustness to Common Corruptions and Perturbations"), batched
-in torch over [B,3,H,W] float images in [0, 1], seeded per image.
+"Benchmarking Neural Network Robustness to Common Corruptions and Perturbations"), batched in
+torch over float images [B, 3, H, W] in [0, 1] and seeded per image.
 
 ``corrupt(images, name, severity, seeds=...)`` draws every random number of an image from a
-generator seeded by that image's own seed, so (dataset, index, corruption, severity, seed)
-always gives the same image whatever the batch (see :func:`image_seeds`). Outputs are
-truncated to the uint8 grid like the reference's ``np.uint8`` cast. Parameters per family are
-in :mod:`.parameters`.
+generator seeded with that image's own seed, so (dataset, index, corruption, severity, seed)
+gives the same image whatever the batch (see :func:`image_seeds`). Outputs are truncated to the
+uint8 grid like the reference's ``np.uint8`` cast. Parameters, one table per resolution family
+(cifar 32 px, tiny_imagenet 64 px, imagenet 224 px), are in :mod:`.parameters`, read from
+hendrycks/robustness ``ImageNet-C/create_c/make_{cifar,tinyimagenet,imagenet}_c.py``; the
+algorithms are in :mod:`.noise`, :mod:`.blur`, :mod:`.weather`, :mod:`.digital` and
+:mod:`.spatter`. docs/CORRUPTIONS.md records how each compares with the reference.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Callable
 
 import torch
 
-from robustbench_bn.data.corruptions import functions
+from robustbench_bn.data.corruptions import blur, digital, noise, ops, spatter, weather
 from robustbench_bn.data.corruptions.parameters import TABLES
+from robustbench_bn.data.corruptions.sampling import generators_for
 from robustbench_bn.errors import ConfigurationError
 
 BENCHMARK_CORRUPTIONS: tuple[str, ...] = (
@@ -37,11 +42,11 @@ BENCHMARK_CORRUPTIONS: tuple[str, ...] = (
     "pixelate",
     "jpeg_compression",
 )
-#: The extra corruptions of the benchmark's validation set (spatter is not implemented yet).
-EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "saturate")
-ALL_CORRUPTIONS = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
-FAMILIES = ("cifar", "tiny_imagenet", "imagenet")
-#: Corruptions whose output depends on the random seed.
+#: The benchmark's four held-out validation corruptions.
+EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+ALL_CORRUPTIONS: tuple[str, ...] = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
+FAMILIES: tuple[str, ...] = ("cifar", "tiny_imagenet", "imagenet")
+#: Corruptions whose output depends on the seed; the others are deterministic.
 RANDOM_CORRUPTIONS = frozenset(
     {
         "gaussian_noise",
@@ -54,34 +59,46 @@ RANDOM_CORRUPTIONS = frozenset(
         "frost",
         "fog",
         "elastic_transform",
+        "spatter",
     }
 )
+#: Quality of the JPEG files of the released ImageNet-C / Tiny-ImageNet-C.
+RELEASE_JPEG_QUALITY = 85
 
-_FUNCTIONS = {
-    "gaussian_noise": functions.gaussian_noise,
-    "shot_noise": functions.shot_noise,
-    "impulse_noise": functions.impulse_noise,
-    "speckle_noise": functions.speckle_noise,
-    "defocus_blur": functions.defocus_blur,
-    "glass_blur": functions.glass_blur,
-    "motion_blur": functions.motion_blur,
-    "zoom_blur": functions.zoom_blur,
-    "gaussian_blur": functions.gaussian_blur,
-    "snow": functions.snow,
-    "frost": functions.frost_cifar,
-    "fog": functions.fog,
-    "brightness": functions.brightness,
-    "contrast": functions.contrast,
-    "saturate": functions.saturate,
-    "elastic_transform": functions.elastic_transform,
-    "pixelate": functions.pixelate,
-    "jpeg_compression": functions.jpeg_compression,
+CorruptionFunction = Callable[..., torch.Tensor]
+
+_FUNCTIONS: dict[str, CorruptionFunction] = {
+    "gaussian_noise": noise.gaussian_noise,
+    "shot_noise": noise.shot_noise,
+    "impulse_noise": noise.impulse_noise,
+    "speckle_noise": noise.speckle_noise,
+    "defocus_blur": blur.defocus_blur,
+    "glass_blur": blur.glass_blur,
+    "motion_blur": blur.motion_blur,
+    "zoom_blur": blur.zoom_blur,
+    "gaussian_blur": blur.gaussian_blur,
+    "snow": weather.snow,
+    "frost": weather.frost,
+    "fog": weather.fog,
+    "brightness": digital.brightness,
+    "contrast": digital.contrast,
+    "saturate": digital.saturate,
+    "elastic_transform": digital.elastic_transform,
+    "pixelate": digital.pixelate,
+    "jpeg_compression": digital.jpeg_compression,
+    "spatter": spatter.spatter,
 }
+
+#: Images per internal chunk are capped at this many pixels, bounding peak memory (FFT
+#: buffers, pointer tables) at large sizes. Chunking never changes results: each image's
+#: randomness is its own.
+_CHUNK_PIXELS = 1 << 22
 
 
 def family_for_size(image_size: int) -> str:
-    """The parameter family the reference uses for this image size: <48 px cifar (32),
-    <128 px tiny_imagenet (64), else imagenet (224)."""
+    """The parameter family for an image side: below 48 px "cifar" (made for 32 px), below
+    128 px "tiny_imagenet" (64 px), otherwise "imagenet" (224 px). The thresholds sit between
+    the native sizes, near their geometric means (45 and 120)."""
     if image_size < 48:
         return "cifar"
     if image_size < 128:
@@ -94,24 +111,77 @@ def check_corruption_name(corruption: str) -> None:
         close = difflib.get_close_matches(str(corruption), ALL_CORRUPTIONS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigurationError(
-            f"Unknown corruption {corruption!r}.{hint} Available: {', '.join(ALL_CORRUPTIONS)}."
+            f"Unknown corruption {corruption!r}.{hint} Expected one of: "
+            f"{', '.join(ALL_CORRUPTIONS)}."
+        )
+
+
+def _check_severity(severity: object) -> None:
+    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+        raise ConfigurationError(f"Severity must be an integer from 1 to 5, got {severity!r}.")
+
+
+def _check_images(images: object) -> None:
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.dim() != 4
+        or images.shape[1] != 3
+        or not images.is_floating_point()
+    ):
+        description = (
+            f"{images.dtype} tensor of shape {tuple(images.shape)}"
+            if isinstance(images, torch.Tensor)
+            else type(images).__name__
+        )
+        raise ConfigurationError(
+            f"Expected float images of shape [B,3,H,W] with values in [0, 1], got {description}."
+        )
+    if min(images.shape[-2:]) < 32:
+        raise ConfigurationError(
+            f"Images must be at least 32x32 pixels, got {tuple(images.shape[-2:])}."
+        )
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ConfigurationError(
+            f"Unknown corruption family {family!r}; expected one of {', '.join(FAMILIES)}."
         )
 
 
 def image_seeds(
     dataset: str, corruption: str, severity: int, seed: int, indices: torch.Tensor
 ) -> torch.Tensor:
-    """One int64 seed per image index, stable across processes, platforms and Python versions."""
+    """One int64 seed (non-negative, 63 bits) per image index.
+
+    BLAKE2b of "dataset|corruption|severity|seed" gives a base; splitmix64 of base + index
+    spreads neighbouring indices apart. Pure integer arithmetic on hashlib output, so seeds are
+    the same on every platform, process and Python version.
+    """
     key = hashlib.blake2b(f"{dataset}|{corruption}|{severity}|{seed}".encode(), digest_size=8)
     base = int.from_bytes(key.digest(), "little")
+    mask = 0xFFFFFFFFFFFFFFFF
     seeds = []
-    for index in indices.tolist():
-        # splitmix64 of (base + index): neighbouring indices get unrelated seeds.
-        value = (base + 0x9E3779B97F4A7C15 * (int(index) + 1)) & 0xFFFFFFFFFFFFFFFF
-        value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    for index in torch.as_tensor(indices).reshape(-1).tolist():
+        value = (base + 0x9E3779B97F4A7C15 * (int(index) + 1)) & mask
+        value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & mask
         seeds.append((value ^ (value >> 31)) >> 1)
     return torch.tensor(seeds, dtype=torch.int64)
+
+
+def jpeg_round_trip(images: torch.Tensor, quality: int = RELEASE_JPEG_QUALITY) -> torch.Tensor:
+    """Save and reload float images [B,3,H,W] in [0, 1] as JPEG at ``quality``.
+
+    The released ImageNet-C and Tiny-ImageNet-C store every corrupted image as a quality-85
+    JPEG, which changes accuracy measurably (hendrycks/robustness issues #14 and #16); apply
+    this after :func:`corrupt` to regenerate images the way the release stores them.
+    """
+    _check_images(images)
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ConfigurationError(f"JPEG quality must be an integer from 1 to 100, got {quality!r}.")
+    device = images.device
+    return digital.jpeg(images.detach().float().cpu(), quality).to(device)
 
 
 def corrupt(
@@ -122,41 +192,41 @@ def corrupt(
     seeds: torch.Tensor,
     family: str | None = None,
     quantize: bool = True,
+    jpeg_round_trip: bool = False,
 ) -> torch.Tensor:
-    """Corrupt float images [B,3,H,W] in [0, 1]; ``seeds`` holds one int seed per image."""
+    """Corrupt float images [B,3,H,W] in [0, 1] (H, W >= 32) at ``severity`` 1..5.
+
+    ``seeds`` holds one integer seed per image (see :func:`image_seeds`); all of an image's
+    randomness comes from it. ``family`` picks the parameter table (default: by image height,
+    :func:`family_for_size`). ``quantize`` truncates the result onto the uint8 grid like the
+    reference; ``jpeg_round_trip`` also stores and reloads it as a quality-85 JPEG like the
+    released ImageNet-C files. Returns float32 images of the same shape in [0, 1] on the
+    input's device (the work itself runs on the CPU).
+    """
     check_corruption_name(corruption)
-    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
-        raise ConfigurationError(f"Severity must be an integer from 1 to 5, got {severity!r}.")
-    if (
-        not isinstance(images, torch.Tensor)
-        or images.dim() != 4
-        or images.shape[1] != 3
-        or not images.is_floating_point()
-    ):
-        raise ConfigurationError(
-            "corrupt() expects float images of shape [B,3,H,W] in [0, 1], got "
-            f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}."
-        )
-    if min(images.shape[-2:]) < 32:
-        raise ConfigurationError(f"Images must be at least 32x32, got {tuple(images.shape[-2:])}.")
+    _check_severity(severity)
+    _check_images(images)
+    seeds = torch.as_tensor(seeds).reshape(-1)
     if len(seeds) != images.shape[0]:
-        raise ConfigurationError(f"Got {len(seeds)} seeds for {images.shape[0]} images.")
-    family = family or family_for_size(int(images.shape[-1]))
-    if family not in FAMILIES:
         raise ConfigurationError(
-            f"Unknown corruption family {family!r}; expected one of {FAMILIES}."
+            f"Expected one seed per image: got {len(seeds)} seeds for {images.shape[0]} images."
         )
-    if family not in TABLES:
-        raise ConfigurationError(
-            f"The {family} parameter table is not available yet; available: {tuple(TABLES)}. "
-            "Use dataset.family=cifar."
-        )
+    family = family or family_for_size(int(images.shape[-2]))
+    _check_family(family)
     parameter = TABLES[family][corruption][severity - 1]
-    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds.tolist()]
+    function = _FUNCTIONS[corruption]
     device = images.device
+    clean = images.detach().to("cpu", torch.float32).clamp(0, 1)
+    chunk = max(1, _CHUNK_PIXELS // (clean.shape[-1] * clean.shape[-2]))
+    outputs = []
     with torch.no_grad():
-        corrupted = _FUNCTIONS[corruption](images.detach().float().cpu(), parameter, generators)
-        corrupted = corrupted.clamp_(0, 1)
-        if quantize:
-            corrupted = torch.floor(corrupted * 255) / 255
-    return corrupted.to(device)
+        for start in range(0, len(clean), chunk):
+            batch = clean[start : start + chunk]
+            generators = generators_for(seeds[start : start + chunk])
+            corrupted = function(batch, parameter, generators, family).float().clamp_(0, 1)
+            if quantize or jpeg_round_trip:
+                corrupted = ops.quantize(corrupted)
+            if jpeg_round_trip:
+                corrupted = digital.jpeg(corrupted, RELEASE_JPEG_QUALITY)
+            outputs.append(corrupted)
+    return torch.cat(outputs).to(device)

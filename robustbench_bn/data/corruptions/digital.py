@@ -1,0 +1,137 @@
+"""Digital corruptions of Hendrycks & Dietterich 2019: brightness, contrast, saturate,
+pixelate, JPEG compression, elastic transform.
+
+Algorithms as in hendrycks/robustness make_*_c.py; parameters in :mod:`.parameters`. Functions
+take float images [B, 3, H, W] in [0, 1], the severity's parameter, one generator per image and
+the family.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from robustbench_bn.data.corruptions import ops, sampling
+from robustbench_bn.data.corruptions.parameters import NATIVE_SIZE
+from robustbench_bn.data.corruptions.sampling import Generators
+
+
+def brightness(images: torch.Tensor, shift: float, generators: Generators, family: str):
+    """HSV value + shift (skimage rgb2hsv / hsv2rgb). With hue and saturation kept, each
+    pixel's RGB scales by V'/V; a black pixel (hue and saturation 0) becomes grey V'."""
+    value = images.amax(1, keepdim=True)
+    new_value = (value + shift).clamp(0, 1)
+    scaled = images * (new_value / value.clamp(min=1e-12))
+    return torch.where(value > 0, scaled, new_value.expand_as(images))
+
+
+def saturate(images: torch.Tensor, parameter, generators: Generators, family: str):
+    """HSV saturation * scale + offset, clipped (skimage rgb2hsv / hsv2rgb), in closed form.
+
+    With hue and value V kept, every channel c moves along V - (V - c) * S'/S. A grey pixel
+    (S = 0) has hue 0 (red) in skimage, so a positive offset tints it: R = V, G = B = V(1-S').
+    """
+    scale, offset = parameter
+    value = images.amax(1, keepdim=True)
+    minimum = images.amin(1, keepdim=True)
+    spread = value - minimum
+    saturation = torch.where(value > 0, spread / value.clamp(min=1e-12), torch.zeros_like(value))
+    new_saturation = (saturation * scale + offset).clamp(0, 1)
+    ratio = new_saturation / saturation.clamp(min=1e-12)
+    coloured = value - (value - images) * ratio
+    grey_red = value
+    grey_others = value * (1 - new_saturation)
+    grey = torch.cat([grey_red, grey_others, grey_others], 1)
+    return torch.where(spread > 0, coloured, grey)
+
+
+def contrast(images: torch.Tensor, factor: float, generators: Generators, family: str):
+    means = images.mean((2, 3), keepdim=True)
+    return (images - means) * factor + means
+
+
+def pixelate(images: torch.Tensor, fraction: float, generators: Generators, family: str):
+    """PIL BOX resize to int(S * fraction) and BOX back up (the original; imagecorruptions
+    enlarges with NEAREST, which picks the same pixel except at exact ties)."""
+    height, width = images.shape[-2:]
+    small = ops.pil_box_resize(images, int(height * fraction), int(width * fraction))
+    return ops.pil_box_resize(small, height, width)
+
+
+def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode and decode every image as JPEG at ``quality`` (libjpeg through torchvision)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    encoded = encode_jpeg(list(ops.to_uint8(images)), quality=int(quality))
+    return torch.stack(decode_jpeg(encoded)).to(images.dtype) / 255
+
+
+def jpeg_compression(images: torch.Tensor, quality: int, generators: Generators, family: str):
+    return jpeg(images, quality)
+
+
+def elastic_transform(images: torch.Tensor, parameter, generators: Generators, family: str):
+    """Random affine warp (three points around the centre jittered by U(-jitter, jitter),
+    cv2.warpAffine, bilinear, BORDER_REFLECT_101), then a smooth random displacement field
+    (uniform(-1, 1) noise, gaussian_filter(sigma, mode reflect, truncate 3) * alpha) resampled
+    bilinearly (scipy map_coordinates order 1, mode reflect).
+
+    The parameters are pixels at the family's native size and scale with the image size.
+    """
+    batch, _, height, width = images.shape
+    size_scale = min(height, width) / NATIVE_SIZE[family]
+    alpha, sigma, jitter = (float(value) * size_scale for value in parameter)
+    affine_draws = sampling.uniform(generators, (3, 2), -jitter, jitter)
+    field_draws = sampling.uniform(generators, (2, height, width), -1, 1)
+
+    # The reference builds its points from shape order (rows, cols) but cv2 reads them as
+    # (x, y); identical for square images, and kept as is for the others.
+    centre = torch.tensor([height // 2, width // 2], dtype=torch.float64)
+    half = min(height, width) // 3
+    source = torch.stack(
+        [
+            centre + half,
+            torch.stack([centre[0] + half, centre[1] - half]),
+            centre - half,
+        ]
+    ).float()
+    moved = (source + affine_draws).double()
+    ones = torch.ones(batch, 3, 1, dtype=torch.float64)
+    # cv2.getAffineTransform: the 2x3 map taking the source points onto the moved ones.
+    forward = torch.linalg.solve(
+        torch.cat([source.double().expand(batch, -1, -1), ones], 2), moved
+    ).transpose(1, 2)
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(batch, 1, 3)
+    inverse = torch.linalg.inv(torch.cat([forward, bottom], 1))
+    rows, cols = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64),
+        torch.arange(width, dtype=torch.float64),
+        indexing="ij",
+    )
+    pixels = torch.stack([cols, rows, torch.ones_like(rows)], -1).view(1, -1, 3)
+    mapped = (pixels @ inverse.transpose(1, 2)).view(batch, height, width, 3)
+    warped = _resample(images, mapped[..., 1], mapped[..., 0], align_corners=True)
+    if alpha == 0:
+        return warped
+    fields = ops.gaussian_filter(field_draws.double(), sigma, mode="reflect", truncate=3.0)
+    fields = (fields * alpha).float()
+    return _resample(warped, rows + fields[:, 1], cols + fields[:, 0], align_corners=False)
+
+
+def _resample(
+    images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *, align_corners: bool
+) -> torch.Tensor:
+    """Bilinear sampling at pixel coordinates with mirrored borders: about the edge pixels'
+    centres (OpenCV's BORDER_REFLECT_101) with ``align_corners``, else about their outer edges
+    (scipy's "reflect")."""
+    height, width = images.shape[-2:]
+    if align_corners:
+        grid_x = cols / (width - 1) * 2 - 1
+        grid_y = rows / (height - 1) * 2 - 1
+    else:
+        grid_x = (2 * cols + 1) / width - 1
+        grid_y = (2 * rows + 1) / height - 1
+    grid = torch.stack([grid_x, grid_y], -1).to(images.dtype)
+    return F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=align_corners
+    )
