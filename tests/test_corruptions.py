@@ -319,3 +319,35 @@ def test_plasma_fractal_fills_every_cell_once():
     assert plasma.shape == (2, 32, 32)
     assert float(plasma.min()) == 0 and float(plasma.max()) == 1
     assert not math.isclose(float(plasma[0].std()), float(plasma[1].std()), rel_tol=1e-9)
+
+
+def test_corruption_device_is_checked_and_recorded():
+    from robustbench_bn.data.on_the_fly import resolve_corruption_device
+    from robustbench_bn.errors import ConfigurationError
+
+    assert resolve_corruption_device("cpu") == "cpu"
+    expected_auto = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_corruption_device("auto") == expected_auto
+    with pytest.raises(ConfigurationError, match="not a device"):
+        resolve_corruption_device("graphics card")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigurationError, match="no CUDA device"):
+            resolve_corruption_device("cuda")
+
+
+@pytest.mark.parametrize("name", ALL_CORRUPTIONS)
+def test_input_device_work_matches_cpu_work(name, images):
+    """device=None works where the images are; on a CPU machine that must be the CPU result,
+    and on a GPU machine the two may differ only by float rounding (one uint8 step)."""
+    batch = images[:4]
+    seeds = _seeds(name, 3, len(batch))
+    on_cpu = corrupt(batch, name, 3, seeds=seeds, device="cpu")
+    target = "cuda" if torch.cuda.is_available() else "cpu"
+    on_input_device = corrupt(batch.to(target), name, 3, seeds=seeds, device=None).cpu()
+    assert on_input_device.device.type == "cpu"
+    difference = (on_input_device - on_cpu).abs()
+    if target == "cpu":
+        assert torch.equal(on_input_device, on_cpu)
+    else:
+        # A rounding flip moves a pixel by 1/255; allow a few such pixels, never a real change.
+        assert float(difference.mean()) < 2e-3, float(difference.mean())

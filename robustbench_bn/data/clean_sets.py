@@ -399,6 +399,7 @@ def _on_the_fly_cifar(
     seed: int,
     family: str | None,
     cache_dir: str | None,
+    corruption_device: str,
 ) -> OnTheFlyCorruptions:
     test_set = load_cifar(data_dir, dataset=dataset, split="test")
     available = len(test_set)
@@ -411,6 +412,7 @@ def _on_the_fly_cifar(
         seed=seed,
         family=family,
         cache_dir=cache_dir,
+        corruption_device=corruption_device,
         training_loader=lambda: load_cifar(data_dir, dataset=dataset, split="train"),
         subset_description="all" if count == available else f"first_{count}",
     )
@@ -423,6 +425,7 @@ def cifar10_on_the_fly(
     seed: int = 0,
     family: str | None = None,
     cache_dir: str | None = None,
+    corruption_device: str = "cpu",
 ) -> OnTheFlyCorruptions:
     """The CIFAR-10 test set corrupted on the fly by the suite's engine (CIFAR parameters)."""
     return _on_the_fly_cifar(
@@ -432,6 +435,7 @@ def cifar10_on_the_fly(
         seed=seed,
         family=family,
         cache_dir=cache_dir,
+        corruption_device=corruption_device,
     )
 
 
@@ -442,6 +446,7 @@ def cifar100_on_the_fly(
     seed: int = 0,
     family: str | None = None,
     cache_dir: str | None = None,
+    corruption_device: str = "cpu",
 ) -> OnTheFlyCorruptions:
     """The CIFAR-100 test set corrupted on the fly by the suite's engine (CIFAR parameters)."""
     return _on_the_fly_cifar(
@@ -451,6 +456,7 @@ def cifar100_on_the_fly(
         seed=seed,
         family=family,
         cache_dir=cache_dir,
+        corruption_device=corruption_device,
     )
 
 
@@ -468,6 +474,7 @@ def imagenet_val_on_the_fly(
     family: str | None = "imagenet",
     cache_dir: str | None = None,
     num_workers: int = 0,
+    corruption_device: str = "cpu",
 ) -> OnTheFlyCorruptions:
     """An ImageNet validation folder, 256/224-prepared, corrupted on the fly.
 
@@ -512,6 +519,7 @@ def imagenet_val_on_the_fly(
         seed=seed,
         family=family,
         cache_dir=str(Path(cache_dir) / f"subset-{subset_key}") if cache_dir else None,
+        corruption_device=corruption_device,
         training_loader=training_loader,
         subset_description=description,
     )

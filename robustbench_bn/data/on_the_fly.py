@@ -41,6 +41,26 @@ def engine_source_hash() -> str:
     return digest.hexdigest()[:12]
 
 
+def resolve_corruption_device(device: str) -> str:
+    """ "cpu" (the default: the same images on every machine), "auto" (CUDA when available)
+    or an explicit torch device such as "cuda:1". GPU corruptions differ from CPU ones only by
+    float rounding in filters and resampling, but the device is written into every row."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigurationError(
+            f"dataset.corruption_device={device!r} is not a device; use cpu, auto or cuda."
+        ) from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(
+            f"dataset.corruption_device={device!r} but this machine has no CUDA device; "
+            "use dataset.corruption_device=cpu (or auto)."
+        )
+    return str(resolved)
+
+
 class OnTheFlyCorruptions:
     """A corruption benchmark over any clean uint8 test set; see the module docstring."""
 
@@ -54,6 +74,7 @@ class OnTheFlyCorruptions:
         seed: int = 0,
         family: str | None = None,
         cache_dir: str | None = None,
+        corruption_device: str = "cpu",
         training_loader: Any = None,
     ) -> None:
         available = len(test_set)
@@ -78,6 +99,7 @@ class OnTheFlyCorruptions:
             raise ConfigurationError(
                 f"Unknown corruption family {self.family!r}; expected one of {engine.FAMILIES}."
             )
+        self.corruption_device = resolve_corruption_device(corruption_device)
         self._clean_images = test_set.images[:n_examples]
         self._labels = test_set.labels[:n_examples]
         self._cache_dir = Path(cache_dir).expanduser() if cache_dir else None
@@ -96,6 +118,7 @@ class OnTheFlyCorruptions:
             "subset": f"first_{self.n_examples}",
             "corruption_source": f"on_the_fly:{self.family}",
             "data_seed": self.seed,
+            "corruption_device": self.corruption_device,
         }
 
     def training_images(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,6 +152,7 @@ class OnTheFlyCorruptions:
                 "family": self.family,
                 "cell": str(cell),
                 "engine": engine_source_hash(),
+                "device": self.corruption_device,
             }
         )
         return self._cache_dir / "corrupted" / self.name / f"{cell}-{key}.pt"
@@ -150,7 +174,12 @@ class OnTheFlyCorruptions:
             )
             clean = self._clean_images[start:stop].float().div_(255)
             images = engine.corrupt(
-                clean, cell.corruption, cell.severity, seeds=seeds, family=self.family
+                clean,
+                cell.corruption,
+                cell.severity,
+                seeds=seeds,
+                family=self.family,
+                device=self.corruption_device,
             )
             # The engine quantizes to the uint8 grid, so rounding here is exact.
             corrupted[start:stop] = images.mul_(255).round_().to(torch.uint8)
@@ -167,6 +196,7 @@ def fashion_mnist_c(
     seed: int = 0,
     family: str | None = None,
     cache_dir: str | None = None,
+    corruption_device: str = "cpu",
 ) -> OnTheFlyCorruptions:
     """Fashion-MNIST-C: the Fashion-MNIST test set, padded to 3x32x32, corrupted on the fly."""
     test_set = load_fashion_mnist("test", data_dir=data_dir, download=download)
@@ -178,5 +208,6 @@ def fashion_mnist_c(
         seed=seed,
         family=family,
         cache_dir=cache_dir,
+        corruption_device=corruption_device,
         training_loader=lambda: load_fashion_mnist("train", data_dir=data_dir, download=download),
     )

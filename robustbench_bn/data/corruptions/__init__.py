@@ -193,6 +193,7 @@ def corrupt(
     family: str | None = None,
     quantize: bool = True,
     jpeg_round_trip: bool = False,
+    device: str | torch.device | None = "cpu",
 ) -> torch.Tensor:
     """Corrupt float images [B,3,H,W] in [0, 1] (H, W >= 32) at ``severity`` 1..5.
 
@@ -201,7 +202,12 @@ def corrupt(
     :func:`family_for_size`). ``quantize`` truncates the result onto the uint8 grid like the
     reference; ``jpeg_round_trip`` also stores and reloads it as a quality-85 JPEG like the
     released ImageNet-C files. Returns float32 images of the same shape in [0, 1] on the
-    input's device (the work itself runs on the CPU).
+    input's device.
+
+    ``device`` is where the work runs: "cpu" (the default), a device such as "cuda", or None
+    for the input's device. Random numbers come from per-image CPU generators on every device,
+    so a GPU draws the same noise; only floating-point rounding in filters and resampling
+    differs, which can move a pixel by one uint8 step after quantization.
     """
     check_corruption_name(corruption)
     _check_severity(severity)
@@ -215,11 +221,12 @@ def corrupt(
     _check_family(family)
     parameter = TABLES[family][corruption][severity - 1]
     function = _FUNCTIONS[corruption]
-    device = images.device
-    clean = images.detach().to("cpu", torch.float32).clamp(0, 1)
+    output_device = images.device
+    work_device = torch.device(device) if device is not None else images.device
+    clean = images.detach().to(work_device, torch.float32).clamp(0, 1)
     chunk = max(1, _CHUNK_PIXELS // (clean.shape[-1] * clean.shape[-2]))
     outputs = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.device(work_device):
         for start in range(0, len(clean), chunk):
             batch = clean[start : start + chunk]
             generators = generators_for(seeds[start : start + chunk])
@@ -229,4 +236,4 @@ def corrupt(
             if jpeg_round_trip:
                 corrupted = digital.jpeg(corrupted, RELEASE_JPEG_QUALITY)
             outputs.append(corrupted)
-    return torch.cat(outputs).to(device)
+    return torch.cat(outputs).to(output_device)

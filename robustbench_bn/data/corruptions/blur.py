@@ -8,15 +8,13 @@ parameter, one generator per image and the family.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from robustbench_bn.data.corruptions import ops, sampling
 from robustbench_bn.data.corruptions.sampling import Generators
 
 
-@functools.cache
+@ops.cached_per_device
 def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     """The reference's ``disk``: a normalised disk x^2 + y^2 <= r^2 on the grid -8..8 (or
     -r..r when r > 8), anti-aliased by cv2.GaussianBlur (3x3, or 5x5 when r > 8), trimmed to

@@ -59,11 +59,16 @@ def pixelate(images: torch.Tensor, fraction: float, generators: Generators, fami
 
 
 def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
-    """Encode and decode every image as JPEG at ``quality`` (libjpeg through torchvision)."""
+    """Encode and decode every image as JPEG at ``quality`` (libjpeg through torchvision).
+
+    Always on the CPU: the released files were written by libjpeg, and GPU JPEG codecs do not
+    promise the same bits.
+    """
     from torchvision.io import decode_jpeg, encode_jpeg
 
-    encoded = encode_jpeg(list(ops.to_uint8(images)), quality=int(quality))
-    return torch.stack(decode_jpeg(encoded)).to(images.dtype) / 255
+    encoded = encode_jpeg(list(ops.to_uint8(images).cpu()), quality=int(quality))
+    decoded = torch.stack(decode_jpeg(encoded)).to(images.device)
+    return decoded.to(images.dtype) / 255
 
 
 def jpeg_compression(images: torch.Tensor, quality: int, generators: Generators, family: str):

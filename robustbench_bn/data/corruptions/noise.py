@@ -7,11 +7,9 @@ image and the family, and returns the unclipped corrupted batch.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from robustbench_bn.data.corruptions import sampling
+from robustbench_bn.data.corruptions import ops, sampling
 from robustbench_bn.data.corruptions.sampling import Generators
 
 #: Largest Poisson count kept in the lookup tables, in standard deviations above the rate;
@@ -49,10 +47,10 @@ def shot_noise(images: torch.Tensor, photons: float, generators: Generators, fam
         rates = images.double() * photons
         counts = torch.stack(
             [
-                torch.poisson(rate, generator=generator)
+                torch.poisson(rate.cpu(), generator=generator)
                 for rate, generator in zip(rates, generators, strict=True)
             ]
-        )
+        ).to(images.device)
         return (counts / photons).to(images.dtype)
     table = _poisson_level_table(float(photons))
     width = table.shape[1]
@@ -63,7 +61,7 @@ def shot_noise(images: torch.Tensor, photons: float, generators: Generators, fam
     return (counts.clamp_(0, width - 1).to(images.dtype)) / photons
 
 
-@functools.cache
+@ops.cached_per_device
 def _poisson_level_table(photons: float) -> torch.Tensor:
     """[256, N] float64: row k is k + the Poisson CDF at rate photons * k / 255, N counts."""
     top_rate = photons

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+
+Result = TypeVar("Result")
 
 #: Border modes by their scipy.ndimage names. OpenCV's BORDER_REFLECT_101 is "mirror",
 #: BORDER_REPLICATE is "nearest".
@@ -26,6 +30,29 @@ _MATRIX_SPEEDUP = 8
 #: 2-D kernels with more taps than this are applied through the FFT, smaller ones by shifted
 #: adds (torch's CPU conv2d is slower than either for single-channel planes).
 _LARGEST_DIRECT_KERNEL = 25
+
+
+def cached_per_device(function: Callable[..., Result]) -> Callable[..., Result]:
+    """``functools.cache`` for the engine's constant tables (kernels, resize matrices, frost
+    photographs), kept once per working device.
+
+    The table is always computed on the CPU, so every device gets the same numbers, then moved
+    to the device the engine works on (:func:`torch.get_default_device`).
+    """
+
+    @functools.cache
+    def on_device(device: str, *arguments):
+        with torch.device("cpu"):
+            result = function(*arguments)
+        if isinstance(result, tuple):
+            return tuple(item.to(device) for item in result)
+        return result.to(device)
+
+    @functools.wraps(function)
+    def wrapper(*arguments):
+        return on_device(str(torch.get_default_device()), *arguments)
+
+    return wrapper
 
 
 def border_index(positions: torch.Tensor, size: int, mode: str) -> torch.Tensor:
@@ -51,7 +78,7 @@ def pad(images: torch.Tensor, top: int, bottom: int, left: int, right: int, mode
     return images.index_select(-2, rows.to(images.device)).index_select(-1, cols.to(images.device))
 
 
-@functools.cache
+@cached_per_device
 def gaussian_taps(sigma: float, truncate: float = 4.0) -> torch.Tensor:
     """scipy.ndimage.gaussian_filter1d's kernel: radius int(truncate*sigma + 0.5), float64."""
     radius = int(truncate * float(sigma) + 0.5)
@@ -62,7 +89,7 @@ def gaussian_taps(sigma: float, truncate: float = 4.0) -> torch.Tensor:
     return taps / taps.sum()
 
 
-@functools.cache
+@cached_per_device
 def opencv_gaussian_taps(size: int, sigma: float) -> torch.Tensor:
     """cv2.getGaussianKernel(size, sigma) for sigma > 0, float64."""
     offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -70,7 +97,7 @@ def opencv_gaussian_taps(size: int, sigma: float) -> torch.Tensor:
     return taps / taps.sum()
 
 
-@functools.cache
+@cached_per_device
 def _filter_matrix(size: int, taps: tuple[float, ...], mode: str) -> torch.Tensor:
     """[size, size] matrix M with (M @ signal)[i] = sum_t taps[t] * signal[border(i + t - r)]."""
     radius = len(taps) // 2
@@ -223,7 +250,7 @@ def clipped_zoom(images: torch.Tensor, factor: float) -> torch.Tensor:
     return zoomed[..., trim_top : trim_top + height, trim_left : trim_left + width]
 
 
-@functools.cache
+@cached_per_device
 def pil_box_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """[size_out, size_in] weights of PIL's Image.resize(..., Image.BOX) along one axis.
 

@@ -8,7 +8,6 @@ photographs are read at run time from the installed imagecorruptions-imaug packa
 
 from __future__ import annotations
 
-import functools
 import math
 from importlib import resources
 
@@ -54,7 +53,7 @@ def _linear_resize_matrix(size_in: int, size_out: int, scale: float) -> torch.Te
     return matrix.float()
 
 
-@functools.cache
+@ops.cached_per_device
 def _frost_photographs() -> tuple[torch.Tensor, ...]:
     """The five frost photographs as float [3, h, w] in [0, 1], alpha dropped like cv2.imread."""
     import numpy
@@ -69,7 +68,7 @@ def _frost_photographs() -> tuple[torch.Tensor, ...]:
     return tuple(loaded)
 
 
-@functools.cache
+@ops.cached_per_device
 def frost_photographs(family: str, height: int, width: int) -> tuple[torch.Tensor, ...]:
     """The photographs resized as the family's reference does, and enlarged if still smaller
     than the image (needed only for images larger than the reference's): cached per size."""
