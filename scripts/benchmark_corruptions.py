@@ -1,0 +1,160 @@
+"""Corruption engine speed: the suite's engine against imagecorruptions-imaug, same images.
+
+For each of the 19 corruptions, at 224 px and at 32 px, one process times
+
+* ``reference``: ``imagecorruptions.corrupt`` (the maintained PyPI package of Hendrycks &
+  Dietterich 2019's code, ImageNet parameters) image by image on uint8 HWC arrays;
+* ``suite``: :func:`robustbench_bn.data.corruptions.corrupt` on the same images as one batch
+  (parameter family by image size), including the per-image seeding;
+* ``suite <device>`` with ``--device cuda``: the same on a GPU (synchronized before the clock
+  stops; one untimed warm-up call per corruption, which also builds the cached tables).
+
+It prints images/s per corruption and in total (all 19 corruptions: total images over total
+time) and the ratio suite / reference. The goal in the corruption-engine issue: at least 20x
+the reference's total on CPU, and no corruption slower than the reference.
+
+    .venv/bin/python scripts/benchmark_corruptions.py [--sizes 224 32] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robustbench_bn.data.corruptions import ALL_CORRUPTIONS, corrupt, image_seeds
+
+SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
+
+
+def photographs(size: int, count: int) -> torch.Tensor:
+    """``count`` float images [count, 3, size, size]: scikit-image's sample photographs,
+    centre-cropped to squares and resized (antialiased), repeated as needed."""
+    from skimage import data
+
+    pictures = []
+    for name in SAMPLE_IMAGES:
+        picture = torch.from_numpy(np.ascontiguousarray(getattr(data, name)()[..., :3]))
+        picture = picture.permute(2, 0, 1).float() / 255
+        side = min(picture.shape[-2:])
+        top = (picture.shape[-2] - side) // 2
+        left = (picture.shape[-1] - side) // 2
+        square = picture[:, top : top + side, left : left + side]
+        resized = F.interpolate(square[None], size=(size, size), mode="bilinear", antialias=True)
+        pictures.append(resized[0].clamp(0, 1))
+    stacked = torch.stack(pictures)
+    repeats = -(-count // len(stacked))
+    # Quantized like decoded files, so both implementations see the same uint8 pixels.
+    return (stacked.repeat(repeats, 1, 1, 1)[:count] * 255).round() / 255
+
+
+def time_reference(images: torch.Tensor, corruption: str, severity: int) -> float:
+    from imagecorruptions import corrupt as reference_corrupt
+
+    arrays = [
+        np.ascontiguousarray((image.permute(1, 2, 0) * 255).round().byte().numpy())
+        for image in images
+    ]
+    np.random.seed(0)
+    started = time.perf_counter()
+    for array in arrays:
+        reference_corrupt(array, corruption_name=corruption, severity=severity)
+    return time.perf_counter() - started
+
+
+def time_suite(images: torch.Tensor, corruption: str, severity: int, device: str) -> float:
+    seeds = image_seeds("benchmark", corruption, severity, 0, torch.arange(len(images)))
+    images = images.to(device)
+    if device != "cpu":
+        corrupt(images[:2], corruption, severity, seeds=seeds[:2], device=device)  # warm-up
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    corrupt(images, corruption, severity, seeds=seeds, device=device)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 32])
+    parser.add_argument("--severity", type=int, default=3)
+    parser.add_argument("--reference-images", type=int, nargs="+", default=[12, 96])
+    parser.add_argument("--suite-images", type=int, nargs="+", default=[48, 1024])
+    parser.add_argument("--corruptions", default=",".join(ALL_CORRUPTIONS))
+    parser.add_argument("--device", default=None, help="also time the suite on this device")
+    parser.add_argument("--skip-reference", action="store_true")
+    arguments = parser.parse_args()
+    corruptions = arguments.corruptions.split(",")
+    warnings.filterwarnings("ignore")  # the reference's skimage / numpy deprecation notes
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, severity "
+          f"{arguments.severity}")  # fmt: skip
+    for position, size in enumerate(arguments.sizes):
+        reference_count = arguments.reference_images[min(position, 1)]
+        suite_count = arguments.suite_images[min(position, 1)]
+        images = photographs(size, max(reference_count, suite_count))
+        columns = ["reference", "suite cpu"] + (
+            [f"suite {arguments.device}"] * bool(arguments.device)
+        )
+        print(f"\n{size} px: reference on {reference_count} images one by one, suite on "
+              f"{suite_count} as one batch; images/s")  # fmt: skip
+        print(f"{'corruption':18}" + "".join(f"{name:>14}" for name in columns) + f"{'ratio':>9}")
+        totals = {name: [0, 0.0] for name in columns}
+        slowest_ratio = (float("inf"), "")
+        for corruption in corruptions:
+            rates = {}
+            timings = {}
+            if not arguments.skip_reference:
+                timings["reference"] = (
+                    reference_count,
+                    time_reference(images[:reference_count], corruption, arguments.severity),
+                )
+            timings["suite cpu"] = (
+                suite_count,
+                time_suite(images[:suite_count], corruption, arguments.severity, "cpu"),
+            )
+            if arguments.device:
+                timings[f"suite {arguments.device}"] = (
+                    suite_count,
+                    time_suite(
+                        images[:suite_count], corruption, arguments.severity, arguments.device
+                    ),
+                )
+            line = f"{corruption:18}"
+            for name in columns:
+                if name not in timings:
+                    line += f"{'-':>14}"
+                    continue
+                count, seconds = timings[name]
+                rates[name] = count / seconds
+                totals[name][0] += count
+                totals[name][1] += seconds
+                line += f"{rates[name]:14.1f}"
+            if "reference" in rates:
+                ratio = rates["suite cpu"] / rates["reference"]
+                slowest_ratio = min(slowest_ratio, (ratio, corruption))
+                line += f"{ratio:8.1f}x"
+            print(line, flush=True)
+        line = f"{'total':18}"
+        total_rates = {
+            name: count / seconds for name, (count, seconds) in totals.items() if seconds
+        }
+        for name in columns:
+            line += f"{total_rates[name]:14.1f}" if name in total_rates else f"{'-':>14}"
+        if "reference" in total_rates:
+            line += f"{total_rates['suite cpu'] / total_rates['reference']:8.1f}x"
+        print(line)
+        if "reference" in total_rates:
+            print(
+                f"total ratio suite cpu / reference at {size} px: "
+                f"{total_rates['suite cpu'] / total_rates['reference']:.1f}x (goal >= 20x); "
+                f"lowest per-corruption ratio {slowest_ratio[0]:.2f}x ({slowest_ratio[1]})"
+            )
+
+
+if __name__ == "__main__":
+    main()
