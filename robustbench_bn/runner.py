@@ -29,6 +29,7 @@ from robustbench_bn.data.benchmark import (
     CLEAN_CELL,
     Cell,
     CorruptionBenchmark,
+    as_float_images,
     check_severity,
     iterate_cell,
 )
@@ -171,27 +172,56 @@ def evaluate_cell(
         if device.type == "cuda":
             # Page-locked memory lets the copy overlap with the previous batch's compute.
             images = images.pin_memory()
-        return images.to(device, non_blocking=True, memory_format=memory_format)
+        images = as_float_images(images.to(device, non_blocking=True))
+        return images.contiguous(memory_format=memory_format)
 
     if method.cell_samples:
         indices = _sample_indices(cell, benchmark.cell_size(cell), method.cell_samples, seed)
         samples, _ = benchmark.load(cell, indices)
         with _precision(device, precision):
             method.adapt(to_device(samples))
-    correct = 0
+    # Counted on the device and read once at the end: a per-batch .item() would make the host
+    # wait for every batch and leave the device idle while the next one loads.
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
     total = 0
-    for images, labels in iterate_cell(benchmark, cell, batch_size):
+    for images, labels in prefetch(iterate_cell(benchmark, cell, batch_size), device):
         with _precision(device, precision):
             logits = method.predict(to_device(images))
-        if not torch.isfinite(logits).all():
-            raise FloatingPointError(
-                f"The method produced non-finite logits in cell {cell}; the cell is not written. "
-                "For tent, lower method.learning_rate; with reduced precision, "
-                "use runner.precision=fp32."
-            )
-        correct += int((logits.argmax(1).cpu() == labels).sum())
+        finite &= torch.isfinite(logits).all()
+        labels = labels.to(device, non_blocking=True)
+        correct += (logits.argmax(1) == labels).sum()
         total += int(labels.shape[0])
-    return correct, total
+    if not bool(finite):
+        raise FloatingPointError(
+            f"The method produced non-finite logits in cell {cell}; the cell is not written. "
+            "For tent, lower method.learning_rate; with reduced precision, "
+            "use runner.precision=fp32."
+        )
+    return int(correct), total
+
+
+def prefetch(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """On CUDA, load (and pin) the next batch in a thread while the device works on this one;
+    on the CPU, where loading and compute share the same cores, pass the batches through."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def next_pinned():
+        batch = next(batches, None)
+        if batch is None:
+            return None
+        return batch[0].pin_memory(), batch[1]
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next_pinned)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next_pinned)
+            yield batch
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from robustbench_bn.data.benchmark import Cell, iterate_cell
+from robustbench_bn.data.benchmark import Cell, as_float_images, iterate_cell
 from robustbench_bn.data.on_the_fly import fashion_mnist_c
 from robustbench_bn.methods.base import Method
 from robustbench_bn.methods.dmc import DistributionMismatchCorrection
@@ -46,7 +46,9 @@ def main() -> None:
         torch.set_num_threads(arguments.threads)
     benchmark = fashion_mnist_c(n_examples=arguments.n_examples, cache_dir=arguments.cache_dir)
     batches = [
-        batch for cell in CELLS for batch in iterate_cell(benchmark, cell, arguments.batch_size)
+        (as_float_images(images), labels)
+        for cell in CELLS
+        for images, labels in iterate_cell(benchmark, cell, arguments.batch_size)
     ]
 
     def build(kind: str) -> Method:

@@ -23,7 +23,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 import robustbench_bn.run  # noqa: F401  (registers the config-hash resolver)
-from robustbench_bn.data.benchmark import CLEAN_CELL, iterate_cell
+from robustbench_bn.data.benchmark import CLEAN_CELL, as_float_images, iterate_cell
 from robustbench_bn.runner import _builder_arguments, evaluate_cell, instantiate
 
 
@@ -85,7 +85,9 @@ def measure(cfg, batch_size: int, repeats: int, cache_dir: str) -> tuple[float, 
     method = instantiate(_builder_arguments(cfg.method), _partial_=True)(model=model)
     if method.needs_training_data:
         method.prepare(benchmark.training_images, cache_key=model.cache_key, cache_dir=cache_dir)
-    batches = [images for images, _ in iterate_cell(benchmark, CLEAN_CELL, batch_size)]
+    batches = [
+        as_float_images(images) for images, _ in iterate_cell(benchmark, CLEAN_CELL, batch_size)
+    ]
 
     def bare_model() -> None:
         with torch.inference_mode():

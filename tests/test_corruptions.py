@@ -47,7 +47,9 @@ def _fashion_images(count: int) -> torch.Tensor:
     32x32 and repeated over 3 channels; synthetic ones if the Debian dataset is missing."""
     if not FASHION_TEST_IMAGES.is_file():
         generator = torch.Generator().manual_seed(0)
-        return torch.rand(count, 1, 8, 8, generator=generator).repeat_interleave(4, -1)
+        blocks = torch.randint(0, 256, (count, 1, 8, 8), generator=generator).float() / 255
+        blocks = blocks.repeat_interleave(4, -1).repeat_interleave(4, -2)
+        return blocks.expand(-1, 3, -1, -1).contiguous()
     with gzip.open(FASHION_TEST_IMAGES, "rb") as stream:
         header = stream.read(16)
         data = stream.read(count * 28 * 28)

@@ -18,7 +18,7 @@ import torchvision.io as io
 from hydra import compose, initialize_config_module
 from omegaconf import open_dict
 
-from robustbench_bn.data.benchmark import Cell
+from robustbench_bn.data.benchmark import Cell, as_float_images
 from robustbench_bn.data.clean_sets import ImageSubset, load_cifar
 from robustbench_bn.data.released import CifarCorrupted, ImageTreeCorrupted
 from robustbench_bn.errors import ConfigurationError, DatasetNotFoundError
@@ -127,8 +127,9 @@ def test_each_severity_reads_its_own_block_with_the_right_labels(mini_release):
     expected_labels = [i * 7 % 10 for i in range(PER_SEVERITY)]
     for severity in range(1, 6):
         images, labels = release.load(Cell("fog", severity), torch.arange(PER_SEVERITY))
-        assert images.shape == (PER_SEVERITY, 3, 32, 32) and images.dtype == torch.float32
+        assert images.shape == (PER_SEVERITY, 3, 32, 32) and images.dtype == torch.uint8
         assert images.is_contiguous()
+        images = as_float_images(images)
         expected = torch.tensor([_pattern(severity, i) for i in range(PER_SEVERITY)]) / 255
         torch.testing.assert_close(images[:, 0, 0, 0], expected)
         assert torch.all(images[:, 1] == 7 / 255)
@@ -139,6 +140,7 @@ def test_each_severity_reads_its_own_block_with_the_right_labels(mini_release):
     torch.testing.assert_close(picked, whole[[5, 0, 2]])
     assert picked_labels.tolist() == [expected_labels[i] for i in (5, 0, 2)]
     clean, clean_labels = release.load(Cell("clean", 0), torch.arange(3))
+    clean = as_float_images(clean)
     assert torch.all(clean[:, 0] == 9 / 255) and torch.all(clean[:, 1] == 7 / 255)
     assert clean_labels.tolist() == expected_labels[:3]
     assert release.row_fields()["subset"] == "all"
@@ -229,7 +231,7 @@ def test_missing_root_is_a_clear_error(tmp_path):
 
 
 def _values(images: torch.Tensor) -> list[int]:
-    return [round(v) for v in (images.mean(dim=(1, 2, 3)) * 255).tolist()]
+    return [round(v) for v in (as_float_images(images).mean(dim=(1, 2, 3)) * 255).tolist()]
 
 
 @pytest.mark.parametrize(("name", "size"), [("imagenet_c", 224), ("tiny_imagenet_c", 64)])
@@ -239,11 +241,12 @@ def test_tree_reads_each_severity_with_labels_from_sorted_wnids(tmp_path, name, 
     cell = Cell("fog", 4)
     assert release.cell_size(cell) == 6
     images, labels = release.load(cell, torch.arange(6))
-    assert images.shape == (6, 3, size, size) and images.dtype == torch.float32
-    assert float(images.min()) >= 0 and float(images.max()) <= 1
+    assert images.shape == (6, 3, size, size) and images.dtype == torch.uint8
+    images = as_float_images(images)
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert _values(images) == [_tree_value(4, label, i) for label in range(3) for i in range(2)]
     scattered, scattered_labels = release.load(Cell("fog", 2), torch.tensor([5, 0]))
+    scattered = as_float_images(scattered)
     assert _values(scattered) == [_tree_value(2, 2, 1), _tree_value(2, 0, 0)]
     assert scattered_labels.tolist() == [2, 0]
     assert release.row_fields() == {"subset": "all", "corruption_source": f"released:{name}"}

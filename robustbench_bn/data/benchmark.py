@@ -51,7 +51,12 @@ class CorruptionBenchmark(Protocol):
         """Number of images in a cell."""
 
     def load(self, cell: Cell, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (float32 [B,3,H,W] in [0, 1]) and int64 labels at ``indices`` of ``cell``."""
+        """Images and int64 labels at ``indices`` of ``cell``.
+
+        Images are uint8 [B,3,H,W] as stored (the runner converts them to float in [0, 1] on
+        the evaluation device, so a quarter of the bytes cross to it), or float32 in [0, 1]
+        for a source that is not on the uint8 grid.
+        """
 
     def row_fields(self) -> dict[str, Any]:
         """Choices that change the numbers (subset, image family, ...), for every result row."""
@@ -67,6 +72,13 @@ def check_severity(severity: Any) -> int:
             "Example: rbn-run 'dataset.severities=[1,3,5]'."
         )
     return severity
+
+
+def as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] from what ``load`` returns (uint8 0..255 or float already)."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    return images
 
 
 def iterate_cell(

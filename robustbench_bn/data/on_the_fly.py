@@ -128,8 +128,12 @@ class OnTheFlyCorruptions:
         return training.images, training.labels
 
     def load(self, cell: Cell, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = self._cell_images(cell)[indices]
-        return images.float().div_(255), self._labels[indices]
+        cell_images = self._cell_images(cell)
+        first = int(indices[0]) if len(indices) else 0
+        if torch.equal(indices, torch.arange(first, first + len(indices))):
+            # The evaluation batches: a slice, not a gather. uint8; the runner converts.
+            return cell_images[first : first + len(indices)], self._labels[indices]
+        return cell_images[indices], self._labels[indices]
 
     def _cell_images(self, cell: Cell) -> torch.Tensor:
         if self._current is not None and self._current[0] == cell:

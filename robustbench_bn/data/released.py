@@ -219,7 +219,7 @@ class CifarCorrupted:
     def load(self, cell: Cell, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if cell.corruption == CLEAN:
             images, labels = self._clean()
-            return images[indices].float().div_(255), labels[indices]
+            return images[indices], labels[indices]
         check_severity(cell.severity)
         if int(indices.max()) >= self.n_examples or int(indices.min()) < 0:
             raise ConfigurationError(f"Indices outside 0..{self.n_examples - 1} for cell {cell}.")
@@ -232,13 +232,10 @@ class CifarCorrupted:
             block = np.array(array[offset + rows.start : offset + rows.stop])
         else:
             block = array[np.asarray(indices) + offset]
-        # HWC uint8 -> CHW float in one pass; the permuted copy makes it contiguous for conv.
-        images = (
-            torch.from_numpy(block)
-            .permute(0, 3, 1, 2)
-            .to(torch.float32, memory_format=torch.contiguous_format)
-        )
-        return images.div_(255), self._labels[indices]
+        # HWC -> CHW, still uint8 (a quarter of float32's bytes to copy to the device); the
+        # runner converts to float there. The permuted copy makes it contiguous for conv.
+        images = torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
+        return images, self._labels[indices]
 
 
 def cifar10_c(
@@ -461,12 +458,12 @@ class ImageTreeCorrupted:
     def load(self, cell: Cell, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if cell.corruption == CLEAN:
             images, labels = self._clean()
-            return images[indices].float().div_(255), labels[indices]
+            return images[indices], labels[indices]
         paths, labels = self._cell_files(cell)
         if int(indices.max()) >= len(paths) or int(indices.min()) < 0:
             raise ConfigurationError(f"Indices outside 0..{len(paths) - 1} for cell {cell}.")
         images = self._decode(cell, paths, indices)
-        return images.float().div_(255), labels[indices]
+        return images, labels[indices]
 
 
 def imagenet_c(
