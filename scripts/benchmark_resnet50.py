@@ -30,8 +30,7 @@ from robustbench_bn.runner import _precision, evaluate_cell
 
 
 class InMemoryCell:
-    """A one-cell benchmark over uint8 images held in host memory (the loaders' contract:
-    ``load`` returns float images in [0, 1] and labels)."""
+    """A one-cell benchmark over uint8 images held in host memory."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images, self.labels = images, labels
@@ -44,7 +43,11 @@ class InMemoryCell:
         return len(self.labels)
 
     def load(self, cell: Cell, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[indices].float().div_(255), self.labels[indices]
+        # Like the released-data loaders: uint8 out, a slice for consecutive indices.
+        first = int(indices[0])
+        if torch.equal(indices, torch.arange(first, first + len(indices))):
+            return self.images[first : first + len(indices)], self.labels[indices]
+        return self.images[indices], self.labels[indices]
 
     def row_fields(self) -> dict[str, Any]:
         return {}
