@@ -169,11 +169,11 @@ def evaluate_cell(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def to_device(images: torch.Tensor) -> torch.Tensor:
-        if device.type == "cuda":
+        if images.device.type == "cpu" and device.type == "cuda":
             # Page-locked memory lets the copy overlap with the previous batch's compute.
             images = images.pin_memory()
-        images = as_float_images(images.to(device, non_blocking=True))
-        return images.contiguous(memory_format=memory_format)
+        images = images.to(device, non_blocking=True)  # no copy when already there
+        return as_float_images(images).contiguous(memory_format=memory_format)
 
     if method.cell_samples:
         indices = _sample_indices(cell, benchmark.cell_size(cell), method.cell_samples, seed)
@@ -204,24 +204,40 @@ def evaluate_cell(
 def prefetch(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """On CUDA, load (and pin) the next batch in a thread while the device works on this one;
-    on the CPU, where loading and compute share the same cores, pass the batches through."""
+    """On CUDA, a thread loads the next batch, pins it and copies it to the device on a side
+    stream while the device computes on this one; the compute stream waits for the copy on the
+    device, never on the host. On the CPU, where loading and compute share the same cores,
+    the batches pass through."""
     if device.type != "cuda":
         yield from batches
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    def next_pinned():
+    copy_stream = torch.cuda.Stream(device)
+    compute_stream = torch.cuda.current_stream(device)
+
+    def next_on_device():
         batch = next(batches, None)
         if batch is None:
             return None
-        return batch[0].pin_memory(), batch[1]
+        images, labels = batch[0].pin_memory(), batch[1].pin_memory()
+        with torch.cuda.stream(copy_stream):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(copy_stream)
+        return images, labels, copied
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(next_pinned)
+        pending = pool.submit(next_on_device)
         while (batch := pending.result()) is not None:
-            pending = pool.submit(next_pinned)
-            yield batch
+            pending = pool.submit(next_on_device)
+            images, labels, copied = batch
+            compute_stream.wait_event(copied)
+            # Memory made on the copy stream is in use on the compute stream until it is done.
+            images.record_stream(compute_stream)
+            labels.record_stream(compute_stream)
+            yield images, labels
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
