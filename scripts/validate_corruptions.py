@@ -67,6 +67,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=6, choices=range(1, 7))
     parser.add_argument("--corruptions", default=",".join(ALL_CORRUPTIONS))
     parser.add_argument("--severities", default="1,2,3,4,5")
+    parser.add_argument("--repeats", type=int, default=3, help="draws per image (random ones)")
     parser.add_argument("--csv", default=None, help="write the per-cell table here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a cell fails")
     arguments = parser.parse_args()
@@ -79,19 +80,33 @@ def main() -> int:
     started = time.perf_counter()
     for corruption in arguments.corruptions.split(","):
         for severity in (int(value) for value in arguments.severities.split(",")):
-            references = []
-            for index, image in enumerate(clean):
-                np.random.seed(index)  # the reference draws from numpy's global generator
-                output = reference_corrupt(image, corruption_name=corruption, severity=severity)
-                references.append(np.asarray(output).astype(np.uint8)[..., :3])
-            seeds = image_seeds("validation", corruption, severity, 0, torch.arange(len(clean)))
-            ours = corrupt(clean_tensor, corruption, severity, seeds=seeds, family="imagenet")
-            ours = (ours * 255).round().byte().permute(0, 2, 3, 1).numpy()
+            # Random corruptions are drawn `repeats` times per image: one frost photograph or
+            # fog fractal per image would leave the strength to chance.
+            repeats = arguments.repeats if corruption in RANDOM_CORRUPTIONS else 1
+            references, ours, cleans = [], [], []
+            for repeat in range(repeats):
+                for index, image in enumerate(clean):
+                    np.random.seed(1000 * repeat + index)  # the reference's global generator
+                    output = reference_corrupt(image, corruption_name=corruption, severity=severity)
+                    references.append(np.asarray(output).astype(np.uint8)[..., :3])
+                    cleans.append(image)
+                seeds = image_seeds(
+                    "validation", corruption, severity, repeat, torch.arange(len(clean))
+                )
+                output = corrupt(clean_tensor, corruption, severity, seeds=seeds, family="imagenet")
+                ours.extend((output * 255).round().byte().permute(0, 2, 3, 1).numpy())
+            clean_copies = cleans
             change_reference = np.mean(
-                [np.abs(r.astype(float) - c).mean() for r, c in zip(references, clean, strict=True)]
+                [
+                    np.abs(r.astype(float) - c).mean()
+                    for r, c in zip(references, clean_copies, strict=True)
+                ]
             )
             change_suite = np.mean(
-                [np.abs(o.astype(float) - c).mean() for o, c in zip(ours, clean, strict=True)]
+                [
+                    np.abs(o.astype(float) - c).mean()
+                    for o, c in zip(ours, clean_copies, strict=True)
+                ]
             )
             row = {
                 "corruption": corruption,
@@ -101,10 +116,10 @@ def main() -> int:
                 "suite_change": round(change_suite, 2),
                 "change_ratio": round(change_suite / max(change_reference, 1e-9), 3),
                 "reference_psnr_vs_clean": round(
-                    np.mean([psnr(r, c) for r, c in zip(references, clean, strict=True)]), 2
+                    np.mean([psnr(r, c) for r, c in zip(references, clean_copies, strict=True)]), 2
                 ),
                 "suite_psnr_vs_clean": round(
-                    np.mean([psnr(o, c) for o, c in zip(ours, clean, strict=True)]), 2
+                    np.mean([psnr(o, c) for o, c in zip(ours, clean_copies, strict=True)]), 2
                 ),
             }
             if row["kind"] == "deterministic":
@@ -126,7 +141,10 @@ def main() -> int:
     table = pd.DataFrame(rows)
     if arguments.csv:
         table.to_csv(arguments.csv, index=False)
-    print(f"\n{len(clean)} photographs at 224 px, {time.perf_counter() - started:.0f} s")
+    print(
+        f"\n{len(clean)} photographs at 224 px, random corruptions drawn {arguments.repeats} "
+        f"times per image, {time.perf_counter() - started:.0f} s"
+    )
     print("per corruption: worst change ratio (random) or lowest PSNR between (deterministic)")
     for corruption, cells in table.groupby("corruption", sort=False):
         if cells["kind"].iloc[0] == "deterministic":
