@@ -279,6 +279,17 @@ def test_a_folder_named_twice_is_read_once(tmp_path):
     assert len(rows) == 76
 
 
+def test_a_report_written_inside_the_sweep_folder_is_not_read_back(tmp_path):
+    sweep = tmp_path / "multirun"
+    _job(sweep / "source", _rows("cifar10_c", "source", lambda c, s: 10.0 * s))
+    _job(sweep / "bn", _rows("cifar10_c", "bn", lambda c, s: 5.0 * s, {"statistics": "batch"}))
+    cli.build_report([str(sweep)], sweep / "report", metric="error", make_plots=False)
+    assert (sweep / "report" / "rows.csv").is_file()
+    # The second report over the same folder sees the two jobs, not a third copy of them.
+    assert len(aggregate.load_rows([sweep])) == 2 * 76
+    cli.build_report([str(sweep)], sweep / "report", metric="error", make_plots=False)
+
+
 def test_duplicate_exits_2_from_the_command_line(tmp_path, capsys):
     rows = _rows("cifar10_c", "source", lambda c, s: 10.0)
     _job(tmp_path / "one", rows)

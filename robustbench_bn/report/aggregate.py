@@ -86,7 +86,13 @@ def find_rows_files(paths: Iterable[str | Path]) -> list[Path]:
         if path.is_file() and path.name == ROWS_FILE:
             candidates = [path]
         elif path.is_dir():
-            candidates = sorted(path.rglob(ROWS_FILE))
+            # A report written inside a sweep folder holds a copy of every row (beside its
+            # report.md); reading it again would make every cell a duplicate.
+            candidates = [
+                candidate
+                for candidate in sorted(path.rglob(ROWS_FILE))
+                if not (candidate.parent / "report.md").is_file()
+            ]
         else:
             raise ConfigurationError(
                 f"{path} is neither a job folder, a multirun folder nor a {ROWS_FILE} file."
