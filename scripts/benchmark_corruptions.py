@@ -7,7 +7,10 @@ For each of the 19 corruptions, at 224 px and at 32 px, one process times
 * ``suite``: :func:`robustbench_bn.data.corruptions.corrupt` on the same images as one batch
   (parameter family by image size), including the per-image seeding;
 * ``suite <device>`` with ``--device cuda``: the same on a GPU (synchronized before the clock
-  stops; one untimed warm-up call per corruption, which also builds the cached tables).
+  stops).
+
+Each timing follows one untimed warm-up call on the same corruption (lazy imports, and the
+suite's per-size tables: kernels, resize matrices, frost photographs).
 
 It prints images/s per corruption and in total (all 19 corruptions: total images over total
 time) and the ratio suite / reference. The goal in the corruption-engine issue: at least 20x
@@ -60,6 +63,7 @@ def time_reference(images: torch.Tensor, corruption: str, severity: int) -> floa
         for image in images
     ]
     np.random.seed(0)
+    reference_corrupt(arrays[0], corruption_name=corruption, severity=severity)  # warm-up
     started = time.perf_counter()
     for array in arrays:
         reference_corrupt(array, corruption_name=corruption, severity=severity)
@@ -69,8 +73,9 @@ def time_reference(images: torch.Tensor, corruption: str, severity: int) -> floa
 def time_suite(images: torch.Tensor, corruption: str, severity: int, device: str) -> float:
     seeds = image_seeds("benchmark", corruption, severity, 0, torch.arange(len(images)))
     images = images.to(device)
+    # Warm-up: lazy imports and the per-size tables (kernels, resize matrices), built once.
+    corrupt(images[:2], corruption, severity, seeds=seeds[:2], device=device)
     if device != "cpu":
-        corrupt(images[:2], corruption, severity, seeds=seeds[:2], device=device)  # warm-up
         torch.cuda.synchronize()
     started = time.perf_counter()
     corrupt(images, corruption, severity, seeds=seeds, device=device)
@@ -83,8 +88,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 32])
     parser.add_argument("--severity", type=int, default=3)
-    parser.add_argument("--reference-images", type=int, nargs="+", default=[12, 96])
-    parser.add_argument("--suite-images", type=int, nargs="+", default=[48, 1024])
+    parser.add_argument(
+        "--reference-images", type=int, default=None, help="default 12 at >= 128 px, else 96"
+    )
+    parser.add_argument(
+        "--suite-images", type=int, default=None, help="default 48 at >= 128 px, else 1024"
+    )
     parser.add_argument("--corruptions", default=",".join(ALL_CORRUPTIONS))
     parser.add_argument("--device", default=None, help="also time the suite on this device")
     parser.add_argument("--skip-reference", action="store_true")
@@ -93,9 +102,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")  # the reference's skimage / numpy deprecation notes
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, severity "
           f"{arguments.severity}")  # fmt: skip
-    for position, size in enumerate(arguments.sizes):
-        reference_count = arguments.reference_images[min(position, 1)]
-        suite_count = arguments.suite_images[min(position, 1)]
+    for size in arguments.sizes:
+        large = size >= 128
+        reference_count = arguments.reference_images or (12 if large else 96)
+        suite_count = arguments.suite_images or (48 if large else 1024)
         images = photographs(size, max(reference_count, suite_count))
         columns = ["reference", "suite cpu"] + (
             [f"suite {arguments.device}"] * bool(arguments.device)
