@@ -72,7 +72,9 @@ def canny(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
     OpenCV's fixed-point 22.5/67.5 degree sectors and tie rules, then hysteresis: weak pixels
     (> low) joined 8-connected to strong ones (> high).
     """
-    padded = ops.pad(planes.double(), 1, 1, 1, 1, "nearest")
+    # Integer pixels and Sobel weights: every sum is an integer below 2^24, exact in float32,
+    # whose convolution is several times faster than float64's on the CPU.
+    padded = ops.pad(planes.float(), 1, 1, 1, 1, "nearest")
     sobel_x = torch.tensor(
         [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=padded.dtype
     )
@@ -130,7 +132,9 @@ def distance_to_edges(edges: torch.Tensor) -> torch.Tensor:
     last_left = torch.cummax(torch.where(edges, columns, never), -1).values
     flipped = edges.flip(-1)
     last_right = width - 1 - torch.cummax(torch.where(flipped, columns, never), -1).values.flip(-1)
-    along_row = torch.minimum(columns - last_left, last_right - columns).clamp(max=cap).double()
+    # Squared distances are integers below 2 * 21^2: exact in float32, which halves the
+    # memory traffic of the column pass below; the square root is taken in float64.
+    along_row = torch.minimum(columns - last_left, last_right - columns).clamp(max=cap).float()
     squared = along_row**2
     best = squared.clone()
     padded = F.pad(squared, (0, 0, cap, cap), value=float(cap**2))
@@ -139,7 +143,7 @@ def distance_to_edges(edges: torch.Tensor) -> torch.Tensor:
             continue
         shifted = padded[..., cap + offset : cap + offset + height, :]
         best = torch.minimum(best, shifted + offset**2)
-    return best.sqrt()
+    return best.double().sqrt()
 
 
 def equalize_histogram(planes: torch.Tensor) -> torch.Tensor:
