@@ -232,7 +232,7 @@ def corrupt(
             generators = generators_for(seeds[start : start + chunk])
             corrupted = function(batch, parameter, generators, family).float().clamp_(0, 1)
             if quantize or jpeg_round_trip:
-                corrupted = ops.quantize(corrupted)
+                corrupted = ops.quantize_(corrupted)
             if jpeg_round_trip:
                 corrupted = digital.jpeg(corrupted, RELEASE_JPEG_QUALITY)
             outputs.append(corrupted)
