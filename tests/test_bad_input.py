@@ -45,6 +45,7 @@ def _rbn_run(*overrides: str, tmp_path: Path, cache: Path) -> subprocess.Complet
         ("model=resnet9000", "Could not find 'model/resnet9000'"),
         ("datset.n_examples=5", "Could not override 'datset.n_examples'"),
         ("dataset.severities=[6]", "Severity must be an integer from 1 to 5"),
+        ("dataset.corruption_device=graphics", "is not a device; use cpu, auto or cuda"),
     ],
 )
 def test_command_line_mistakes_exit_non_zero_with_a_message(
