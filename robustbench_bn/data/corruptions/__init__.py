@@ -236,4 +236,5 @@ def corrupt(
             if jpeg_round_trip:
                 corrupted = digital.jpeg(corrupted, RELEASE_JPEG_QUALITY)
             outputs.append(corrupted)
-    return torch.cat(outputs).to(output_device)
+    result = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return result.to(output_device)
