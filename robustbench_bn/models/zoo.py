@@ -287,7 +287,8 @@ def robustbench_model(
     except ImportError as error:
         raise ConfigurationError(
             f"{zoo_name} comes from the RobustBench model zoo, which needs the optional "
-            "package: pip install git+https://github.com/RobustBench/robustbench.git . "
+            "package: pip install -e '.[robustbench]' (or pip install "
+            "git+https://github.com/RobustBench/robustbench.git). "
             "Without it, a WideResNet-28-10 'Standard' state dict loads with "
             "model=wrn28_10_cifar model.checkpoint=/path/to/Standard.pt."
         ) from error
