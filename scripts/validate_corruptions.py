@@ -67,7 +67,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=6, choices=range(1, 7))
     parser.add_argument("--corruptions", default=",".join(ALL_CORRUPTIONS))
     parser.add_argument("--severities", default="1,2,3,4,5")
-    parser.add_argument("--repeats", type=int, default=3, help="draws per image (random ones)")
+    parser.add_argument("--repeats", type=int, default=8, help="draws per image (random ones)")
     parser.add_argument("--csv", default=None, help="write the per-cell table here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a cell fails")
     arguments = parser.parse_args()
