@@ -10,27 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from robustbench_bn.report.regression import run_slice
-
-KEEP = [
-    "dataset",
-    "model",
-    "finetune",
-    "method",
-    "method_params",
-    "corruption",
-    "severity",
-    "n",
-    "correct",
-    "accuracy",
-    "error",
-    "seed",
-    "batch_size",
-    "n_examples",
-    "git_revision",
-    "torch_version",
-    "device",
-]
+from robustbench_bn.report.regression import BASELINE_COLUMNS, run_slice
 
 
 def main() -> None:
@@ -38,7 +18,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         rows = run_slice(cache_dir=Path(scratch) / "cache", output_dir=Path(scratch) / "jobs")
     target.parent.mkdir(parents=True, exist_ok=True)
-    rows[KEEP].to_csv(target, index=False)
+    rows[list(BASELINE_COLUMNS)].to_csv(target, index=False)
     print(f"wrote {len(rows)} rows to {target}")
 
 

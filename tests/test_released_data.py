@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision.io as io
-from hydra import compose, initialize_config_module
-from omegaconf import open_dict
 
 from robustbench_bn.data.benchmark import Cell, as_float_images
 from robustbench_bn.data.clean_sets import ImageSubset, load_cifar
@@ -91,30 +89,11 @@ def mini_release(tmp_path):
 
 
 @pytest.fixture
-def compose_config(tmp_path, session_cache):
-    """The suite's config as rbn-run composes it, for any model config.
-
-    conftest's make_config always adds ``model.epochs=0.1`` (for the embedded default's
-    trained model), which no other model config accepts; these runs use random-weight
-    CIFAR ResNets instead, so they compose without it.
-    """
-
-    def build(*overrides: str):
-        with initialize_config_module(config_module="robustbench_bn.conf", version_base="1.3"):
-            cfg = compose(
-                config_name="config",
-                overrides=[
-                    f"paths.cache_dir={session_cache}",
-                    "display.progress=false",
-                    "display.print_table=false",
-                    *overrides,
-                ],
-            )
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "job")
-        return cfg
-
-    return build
+def compose_config(make_config):
+    """The suite's config as rbn-run composes it, for any model config: conftest's
+    make_config without the embedded default's ``model.epochs`` override, which no other
+    model config accepts (these runs use random-weight CIFAR ResNets)."""
+    return lambda *overrides: make_config(*overrides, quick_model=False)
 
 
 # --------------------------------------------------------------------------- CIFAR-C
