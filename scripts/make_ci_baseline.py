@@ -10,13 +10,18 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from robustbench_bn.report.regression import BASELINE_COLUMNS, run_slice
+from robustbench_bn.report.regression import BASELINE_COLUMNS, MODEL_CHECKPOINT, run_slice
 
 
 def main() -> None:
-    target = Path(__file__).resolve().parents[1] / "results" / "fashion_mnist_c" / "ci_slice.csv"
+    repository = Path(__file__).resolve().parents[1]
+    target = repository / "results" / "fashion_mnist_c" / "ci_slice.csv"
     with tempfile.TemporaryDirectory() as scratch:
-        rows = run_slice(cache_dir=Path(scratch) / "cache", output_dir=Path(scratch) / "jobs")
+        rows = run_slice(
+            cache_dir=Path(scratch) / "cache",
+            output_dir=Path(scratch) / "jobs",
+            model_checkpoint=repository / MODEL_CHECKPOINT,
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     rows[list(BASELINE_COLUMNS)].to_csv(target, index=False)
     print(f"wrote {len(rows)} rows to {target}")

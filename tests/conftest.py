@@ -2,7 +2,7 @@
 
 Tests call :func:`robustbench_bn.runner.run` directly on a composed config (the
 lightning-hydra-template pattern); ``paths.output_dir`` points into pytest's tmp_path and the
-cache into one folder per test session, so the quickly trained test model is trained once.
+cache into one folder per test session, seeded with the quick test model's committed weights.
 """
 
 from __future__ import annotations
@@ -16,15 +16,24 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
 import robustbench_bn.run  # noqa: F401  (registers the rbn_config_hash resolver)
+from robustbench_bn.models.training import install_checkpoint
+from robustbench_bn.report.regression import MODEL_CHECKPOINT
 
 #: A source model trained for a tenth of an epoch: seconds, not minutes, and still clearly
 #: better than chance (about 68% clean accuracy), which is all the mechanics tests need.
 QUICK_MODEL = ["model.epochs=0.1"]
 
 
+#: The quick model's weights, committed with the regression baseline they produced (see
+#: robustbench_bn/report/regression.py): every test evaluates the same weights on every CPU.
+QUICK_MODEL_CHECKPOINT = Path(__file__).resolve().parents[1] / MODEL_CHECKPOINT
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+    cache = tmp_path_factory.mktemp("cache")
+    install_checkpoint(QUICK_MODEL_CHECKPOINT, cache)
+    return cache
 
 
 @pytest.fixture
@@ -67,7 +76,8 @@ def fashion_images() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def quick_model(session_cache: Path) -> torch.nn.Module:
-    """The embedded default's architecture trained for a tenth of an epoch (cached)."""
+    """The embedded default's architecture trained for a tenth of an epoch (the committed
+    weights, which the session cache holds under this training config's key)."""
     from robustbench_bn.models.training import trained_small_resnet
 
     return trained_small_resnet(cache_dir=str(session_cache), epochs=0.1, progress=False)

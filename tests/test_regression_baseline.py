@@ -18,6 +18,7 @@ import pytest
 from robustbench_bn.report import compare
 from robustbench_bn.report.regression import (
     CELLS_PER_SETUP,
+    MODEL_CHECKPOINT,
     SETUPS,
     TOLERANCE,
     setup_overrides,
@@ -56,3 +57,19 @@ def test_setup_matches_the_committed_baseline(name, make_config, tmp_path):
 
     comparison = compare.compare([str(tmp_path / "job")], str(reference), TOLERANCE)
     assert comparison.passed, f"{name} moved:\n{compare.report(comparison)}"
+
+
+def test_tests_evaluate_the_committed_quick_model(session_cache):
+    """The cache seeded by conftest serves the committed weights for the quick model's config,
+    so no test trains its own (which would make the baseline depend on the CPU)."""
+    import torch
+
+    from robustbench_bn.models.training import trained_small_resnet
+
+    committed = torch.load(
+        Path(__file__).resolve().parents[1] / MODEL_CHECKPOINT, weights_only=True
+    )["state_dict"]
+    loaded = trained_small_resnet(cache_dir=str(session_cache), epochs=0.1, progress=False)
+    assert loaded.state_dict().keys() == committed.keys()
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, committed[name]), name

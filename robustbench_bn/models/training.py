@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,7 +127,7 @@ def trained_small_resnet(
         "std": FASHION_MNIST_STD,
     }
     key = stable_hash(training_config)
-    path = Path(cache_dir).expanduser() / "models" / f"fashion_small_resnet-{key}.pt"
+    path = checkpoint_path(cache_dir, training_config)
     network = SmallResNet(
         num_classes=len(CLASSES), widths=widths, blocks_per_stage=blocks_per_stage
     )
@@ -141,6 +142,28 @@ def trained_small_resnet(
     model.load_state_dict(checkpoint["state_dict"])
     model.cache_key = key
     return model.eval()
+
+
+def checkpoint_path(cache_dir: str | Path, training_config: dict) -> Path:
+    """Where :func:`trained_small_resnet` keeps the model of this training configuration."""
+    key = stable_hash(training_config)
+    return Path(cache_dir).expanduser() / "models" / f"fashion_small_resnet-{key}.pt"
+
+
+def install_checkpoint(checkpoint: str | Path, cache_dir: str | Path) -> Path:
+    """Copy a checkpoint written by this module into ``cache_dir`` under its training config's
+    key, so :func:`trained_small_resnet` loads it instead of training.
+
+    Training numerics differ between CPUs (vector width changes float summation order), and a
+    briefly trained model amplifies that into accuracy differences of several points; sharing
+    the weights pins them, so numbers computed from them compare across machines.
+    """
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    target = checkpoint_path(cache_dir, loaded["config"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.is_file():
+        atomic_write(target, lambda temporary: shutil.copyfile(checkpoint, temporary))
+    return target
 
 
 def _train_and_save(
