@@ -92,7 +92,7 @@ _FUNCTIONS: dict[str, CorruptionFunction] = {
 #: Images per internal chunk are capped at this many pixels, bounding peak memory (FFT
 #: buffers, pointer tables) at large sizes. Chunking never changes results: each image's
 #: randomness is its own.
-_CHUNK_PIXELS = 1 << 22
+_CHUNK_PIXELS = 1 << 18
 
 
 def family_for_size(image_size: int) -> str:

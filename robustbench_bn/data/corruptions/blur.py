@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_bn.data.corruptions import ops, sampling
+from robustbench_bn.data.corruptions import kernels, ops, sampling
 from robustbench_bn.data.corruptions.sampling import Generators
 
 
@@ -56,8 +56,9 @@ def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: 
     downwards, and copies pixel (h + dy, w + dx) into (h, w) with dx, dy drawn from
     [-delta, delta). (The reference's tuple "swap" of numpy views only copies.) A copy reads
     the source's final value when the sweep has already passed the source, else its value
-    before the sweep; following those links to their end (pointer doubling, log2(H*W) steps)
-    gives the whole sweep at once, exactly as the sequential loop would.
+    before the sweep. On the CPU a compiled loop runs the sweep as written
+    (:func:`.kernels.glass_sweeps`); elsewhere, following those links to their end (pointer
+    doubling, log2(H*W) steps) gives the whole sweep at once, exactly as the loop would.
     """
     sigma, delta, iterations = parameter
     blurred = ops.gaussian_filter(images, sigma, mode="nearest")
@@ -68,6 +69,21 @@ def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: 
     if len(rows) == 0 or len(cols) == 0:
         return ops.gaussian_filter(pixels, sigma, mode="nearest")
     shifts = sampling.integers(generators, -delta, delta, (iterations, len(rows), len(cols), 2))
+    if pixels.device.type == "cpu":
+        shuffled = kernels.glass_sweeps(pixels, shifts, delta)
+    else:
+        shuffled = _glass_sweeps_by_pointer_doubling(pixels, shifts, delta)
+    return ops.gaussian_filter(shuffled, sigma, mode="nearest")
+
+
+def _glass_sweeps_by_pointer_doubling(
+    pixels: torch.Tensor, shifts: torch.Tensor, delta: int
+) -> torch.Tensor:
+    """The sweeps of :func:`glass_blur` in parallel tensor operations (any device)."""
+    batch, channels, height, width = pixels.shape
+    iterations = shifts.shape[1]
+    rows = torch.arange(delta + 1, height - delta + 1)
+    cols = torch.arange(delta + 1, width - delta + 1)
     grid_rows = rows.view(-1, 1).expand(len(rows), len(cols))
     grid_cols = cols.view(1, -1).expand(len(rows), len(cols))
     visited = grid_rows * width + grid_cols
@@ -94,8 +110,7 @@ def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: 
             pointer = torch.where(follow, next_pointer, pointer)
             follow = follow & next_follow
         flat = flat.gather(2, pointer.unsqueeze(1).expand(-1, channels, -1))
-    shuffled = flat.view(batch, channels, height, width)
-    return ops.gaussian_filter(shuffled, sigma, mode="nearest")
+    return flat.view(batch, channels, height, width)
 
 
 def motion_blur(images: torch.Tensor, parameter, generators: Generators, family: str):

@@ -55,6 +55,24 @@ def cached_per_device(function: Callable[..., Result]) -> Callable[..., Result]:
     return wrapper
 
 
+@functools.cache
+def fast_fft_size(size: int) -> int:
+    """The smallest length >= ``size`` with no prime factor above 7.
+
+    FFT time depends on the factors of the length: at 224 px a defocus blur pads to 236 (4 x
+    59), whose transform took 2.7x as long here as that of 240 = 2^4 x 3 x 5.
+    """
+    candidate = size
+    while True:
+        remainder = candidate
+        for prime in (2, 3, 5, 7):
+            while remainder % prime == 0:
+                remainder //= prime
+        if remainder == 1:
+            return candidate
+        candidate += 1
+
+
 def border_index(positions: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     """Map integer positions (any, also far outside) onto [0, size) like scipy's ``mode``."""
     if mode == "nearest":
@@ -70,9 +88,37 @@ def border_index(positions: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     raise ValueError(f"Unknown border mode {mode!r}; expected one of {BORDER_MODES}.")
 
 
+def _pad_axis(images: torch.Tensor, before: int, after: int, axis: int, mode: str):
+    """Pad one axis by less than its length with slices and one concatenation (copies only,
+    so the same values as :func:`border_index`, several times faster than a gather)."""
+    if before == 0 and after == 0:
+        return images
+    size = images.shape[axis]
+    if mode not in BORDER_MODES:
+        raise ValueError(f"Unknown border mode {mode!r}; expected one of {BORDER_MODES}.")
+    parts = []
+    if before:
+        if mode == "nearest":
+            parts.append(images.narrow(axis, 0, 1).expand_as(images.narrow(axis, 0, before)))
+        else:
+            start = 1 if mode == "mirror" else 0
+            parts.append(images.narrow(axis, start, before).flip(axis))
+    parts.append(images)
+    if after:
+        if mode == "nearest":
+            parts.append(images.narrow(axis, size - 1, 1).expand_as(images.narrow(axis, 0, after)))
+        else:
+            end = size - 1 if mode == "mirror" else size
+            parts.append(images.narrow(axis, end - after, after).flip(axis))
+    return torch.cat(parts, axis)
+
+
 def pad(images: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: str):
     """Pad the last two axes by any amount (also more than the image size) in ``mode``."""
     height, width = images.shape[-2:]
+    # "mirror" reads one pixel further in than the others: it needs pad < size - 1.
+    if max(top, bottom) < height - 1 and max(left, right) < width - 1:
+        return _pad_axis(_pad_axis(images, left, right, -1, mode), top, bottom, -2, mode)
     rows = border_index(torch.arange(-top, height + bottom), height, mode)
     cols = border_index(torch.arange(-left, width + right), width, mode)
     return images.index_select(-2, rows.to(images.device)).index_select(-1, cols.to(images.device))
@@ -146,8 +192,12 @@ def correlate2d(images: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.
     its centre), borders in ``mode``. Large kernels go through the FFT."""
     kernel_height, kernel_width = kernel.shape
     top, left = kernel_height // 2, kernel_width // 2
-    padded = pad(images, top, top, left, left, mode)
     if kernel.numel() > _LARGEST_DIRECT_KERNEL:
+        # Extra border below and to the right, up to a fast FFT length: circular wrap-around
+        # reaches at most ``top`` / ``left`` pixels into the border, so the crop is unchanged.
+        bottom = fast_fft_size(images.shape[-2] + 2 * top) - images.shape[-2] - top
+        right = fast_fft_size(images.shape[-1] + 2 * left) - images.shape[-1] - left
+        padded = pad(images, top, bottom, left, right, mode)
         # Convolution with the flipped kernel is correlation with the kernel.
         flipped = kernel.flip(0, 1)
         offsets = torch.stack(
@@ -163,6 +213,7 @@ def correlate2d(images: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.
             padded, circular.view(*((1,) * (padded.dim() - 2)), *circular.shape[-2:])
         )
         return filtered[..., top : top + images.shape[-2], left : left + images.shape[-1]]
+    padded = pad(images, top, top, left, left, mode)
     height, width = images.shape[-2:]
     filtered = torch.zeros_like(images)
     for row in range(kernel_height):
@@ -216,7 +267,10 @@ def motion_blur(
     keep = torch.cumsum(too_far.long(), 1) == 0
     batch_weights = torch.where(keep, weights.expand_as(shift_x), torch.zeros(()).double())
     margin = kernel_width - 1
-    padded = pad(images, margin, margin, margin, margin, "nearest")
+    # Taps reach back ``margin`` pixels at most; the far border only rounds the FFT length up.
+    bottom = fast_fft_size(height + 2 * margin) - height - margin
+    right = fast_fft_size(width + 2 * margin) - width - margin
+    padded = pad(images, margin, bottom, margin, right, "nearest")
     # blurred(p) = sum_i w_i x(p - shift_i): a convolution with w_i placed at shift_i.
     kernels = _circular_kernel(
         batch_weights, torch.stack([shift_y, shift_x], -1), padded.shape[-2:]

@@ -1,0 +1,110 @@
+"""The engine's fast paths against the plain implementations they replace: padding by slices
+against index gathers, the compiled CPU kernels against their torch twins (which other devices
+run), threaded draws against a serial loop, FFT lengths, and chunking."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from robustbench_bn.data.corruptions import (
+    blur,
+    corrupt,
+    image_seeds,
+    kernels,
+    noise,
+    ops,
+    sampling,
+)
+
+
+@pytest.mark.parametrize("mode", ops.BORDER_MODES)
+def test_padding_by_slices_equals_padding_by_gathers(mode):
+    images = torch.rand(2, 3, 9, 11)
+    for top, bottom, left, right in itertools.product([0, 1, 7, 12], [0, 7], [0, 1, 9], [0, 4, 30]):
+        padded = ops.pad(images, top, bottom, left, right, mode)
+        rows = ops.border_index(torch.arange(-top, 9 + bottom), 9, mode)
+        cols = ops.border_index(torch.arange(-left, 11 + right), 11, mode)
+        expected = images.index_select(-2, rows).index_select(-1, cols)
+        assert torch.equal(padded, expected), (mode, top, bottom, left, right)
+
+
+def test_fast_fft_size_has_only_small_prime_factors():
+    assert ops.fast_fft_size(236) == 240  # 236 = 4 x 59
+    assert ops.fast_fft_size(284) == 288  # 284 = 4 x 71
+    assert ops.fast_fft_size(256) == 256
+    for size in range(1, 400):
+        fast = ops.fast_fft_size(size)
+        assert fast >= size
+        remainder = fast
+        for prime in (2, 3, 5, 7):
+            while remainder % prime == 0:
+                remainder //= prime
+        assert remainder == 1
+
+
+@pytest.mark.parametrize("delta,iterations", [(1, 2), (2, 3), (4, 2)])
+def test_compiled_glass_sweeps_equal_pointer_doubling(delta, iterations):
+    pixels = ops.quantize(torch.rand(3, 3, 40, 36))
+    rows, cols = 40 - 2 * delta, 36 - 2 * delta
+    generators = sampling.generators_for(torch.tensor([5, 6, 7]))
+    shifts = sampling.integers(generators, -delta, delta, (iterations, rows, cols, 2))
+    compiled = kernels.glass_sweeps(pixels, shifts, delta)
+    doubled = blur._glass_sweeps_by_pointer_doubling(pixels, shifts, delta)
+    assert torch.equal(compiled, doubled)
+    assert not torch.equal(compiled, pixels)  # the sweep moved pixels
+
+
+@pytest.mark.parametrize("photons", [3.0, 60.0, 500.0])
+def test_compiled_shot_noise_equals_the_table_search(photons):
+    images = ops.quantize(torch.rand(4, 3, 33, 35))
+    uniforms = sampling.uniform(
+        sampling.generators_for(torch.arange(4)), (3, 33, 35), dtype=torch.float64
+    )
+    # The lowest and highest uniforms a float64 draw can give reach the table's ends.
+    uniforms[0, 0, 0, :2] = torch.tensor([0.0, 1 - 2**-53], dtype=torch.float64)
+    table = noise._poisson_level_table(photons)
+    guide = noise._poisson_guide(photons)
+    compiled, on_grid = kernels.shot_noise(images, uniforms, table, guide, photons)
+    levels = torch.round(images * 255)
+    positions = torch.searchsorted(
+        table.view(-1), (levels.double() + uniforms).reshape(-1), right=True
+    ).view_as(levels)
+    searched = (positions - levels.long() * table.shape[1]).clamp(0, table.shape[1] - 1)
+    assert on_grid.all()
+    assert torch.equal(noise._invert_level_cdfs(table, guide, levels, uniforms), searched)
+    assert torch.equal(compiled, searched.float() / photons)
+
+
+def test_shot_noise_falls_back_per_image_off_the_uint8_grid():
+    on_grid = ops.quantize(torch.rand(1, 3, 32, 32))
+    off_grid = torch.rand(1, 3, 32, 32) * 0.9 + 0.05
+    seeds = torch.tensor([11, 12])
+    alone = corrupt(on_grid, "shot_noise", 3, seeds=seeds[:1])
+    together = corrupt(torch.cat([on_grid, off_grid]), "shot_noise", 3, seeds=seeds)
+    assert torch.equal(together[:1], alone)
+    # The off-grid image takes torch.poisson's route: noisy, and not the on-grid one's noise.
+    change = (together[1] - off_grid[0]).abs().mean()
+    assert 0.05 < float(change) < 0.5
+
+
+def test_threaded_draws_equal_a_serial_loop():
+    seeds = torch.tensor([3, 1, 4, 1, 5])
+    threaded = sampling.normal(sampling.generators_for(seeds), (3, 128, 128))
+    serial = torch.stack(
+        [torch.randn(3, 128, 128, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    )
+    assert torch.equal(threaded, serial)
+
+
+@pytest.mark.parametrize("name", ["glass_blur", "shot_noise", "gaussian_blur", "spatter"])
+def test_chunking_does_not_change_results(name, monkeypatch):
+    import robustbench_bn.data.corruptions as engine
+
+    images = ops.quantize(torch.rand(6, 3, 48, 48))
+    seeds = image_seeds("chunks", name, 4, 0, torch.arange(6))
+    whole = corrupt(images, name, 4, seeds=seeds)
+    monkeypatch.setattr(engine, "_CHUNK_PIXELS", 48 * 48 * 2)  # two images per chunk
+    assert torch.equal(corrupt(images, name, 4, seeds=seeds), whole)
