@@ -181,7 +181,7 @@ def jpeg_round_trip(images: torch.Tensor, quality: int = RELEASE_JPEG_QUALITY) -
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ConfigurationError(f"JPEG quality must be an integer from 1 to 100, got {quality!r}.")
     device = images.device
-    return digital.jpeg(images.detach().float().cpu(), quality).to(device)
+    return (digital.jpeg(images.detach().float().cpu(), quality).float() / 255).to(device)
 
 
 def corrupt(
@@ -223,18 +223,23 @@ def corrupt(
     function = _FUNCTIONS[corruption]
     output_device = images.device
     work_device = torch.device(device) if device is not None else images.device
-    clean = images.detach().to(work_device, torch.float32).clamp(0, 1)
+    clean = images.detach().to(work_device, torch.float32)
     chunk = max(1, _CHUNK_PIXELS // (clean.shape[-1] * clean.shape[-2]))
-    outputs = []
+    result = torch.empty(clean.shape, dtype=torch.float32, device=work_device)
     with torch.no_grad(), torch.device(work_device):
+        # Chunks of about 3 MB per float tensor keep each corruption's intermediates in
+        # the CPU cache; whole 224 px batches ran several passes from main memory instead.
         for start in range(0, len(clean), chunk):
-            batch = clean[start : start + chunk]
+            batch = clean[start : start + chunk].clamp(0, 1)
             generators = generators_for(seeds[start : start + chunk])
-            corrupted = function(batch, parameter, generators, family).float().clamp_(0, 1)
-            if quantize or jpeg_round_trip:
-                corrupted = ops.quantize_(corrupted)
+            corrupted = function(batch, parameter, generators, family)
+            if corrupted.dtype == torch.uint8:  # already on the grid (JPEG)
+                corrupted = corrupted.float().div_(255)
+            else:
+                corrupted = corrupted.float().clamp_(0, 1)
+                if quantize or jpeg_round_trip:
+                    corrupted = ops.quantize_(corrupted)
             if jpeg_round_trip:
-                corrupted = digital.jpeg(corrupted, RELEASE_JPEG_QUALITY)
-            outputs.append(corrupted)
-    result = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+                corrupted = digital.jpeg(corrupted, RELEASE_JPEG_QUALITY).float().div_(255)
+            result[start : start + chunk] = corrupted
     return result.to(output_device)

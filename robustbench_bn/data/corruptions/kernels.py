@@ -1,6 +1,6 @@
-"""CPU kernels compiled with numba for the two kinds of step torch does slowly: a table walk
-per pixel (shot noise's inverse-CDF lookup) and a sequential sweep whose every step reads the
-previous ones (glass blur's local pixel moves).
+"""CPU kernels compiled with numba for the kinds of step torch does slowly: a table walk per
+pixel (shot noise's inverse-CDF lookup), a sequential sweep whose every step reads the previous
+ones (glass blur's local pixel moves) and a flood fill (spatter's Canny hysteresis).
 
 Each kernel handles one image and releases the GIL, so :func:`for_each_image` runs a batch
 on the draw pool's threads. The torch implementations beside them (used on other devices)
@@ -52,6 +52,30 @@ def _glass_sweeps(pixels, shifts, delta):  # pragma: no cover - compiled
                     pixels[channel, row, col] = pixels[channel, row + shift_y, col + shift_x]
 
 
+@numba.njit(nogil=True, cache=True)
+def _hysteresis(candidate, strong, edges):  # pragma: no cover - compiled
+    # A flood fill from the strong pixels through 8-connected candidates: the fixed point the
+    # torch path reaches by repeated 3x3 dilation, in one pass over the image.
+    height, width = candidate.shape
+    stack = np.empty(height * width, np.int64)
+    top = 0
+    for row in range(height):
+        for col in range(width):
+            if strong[row, col]:
+                edges[row, col] = True
+                stack[top] = row * width + col
+                top += 1
+    while top > 0:
+        top -= 1
+        row, col = divmod(stack[top], width)
+        for near_row in range(max(row - 1, 0), min(row + 2, height)):
+            for near_col in range(max(col - 1, 0), min(col + 2, width)):
+                if candidate[near_row, near_col] and not edges[near_row, near_col]:
+                    edges[near_row, near_col] = True
+                    stack[top] = near_row * width + near_col
+                    top += 1
+
+
 def for_each_image(kernel: Callable[..., None], *batches: torch.Tensor) -> None:
     """``kernel(*(batch[i] as numpy for batch in batches))`` for every image i, in threads."""
     arrays: list[Sequence[np.ndarray]] = [batch.numpy() for batch in batches]
@@ -89,6 +113,19 @@ def shot_noise(
 
     run_per_image(batch, one_image)
     return noisy.view_as(images), on_grid
+
+
+def hysteresis(candidate: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:
+    """The compiled twin of :func:`.spatter.canny`'s hysteresis for CPU tensors: bool
+    [B, 1, H, W] edges, the candidates 8-connected through candidates to a strong pixel."""
+    edges = torch.zeros_like(strong)
+    for_each_image(
+        lambda weak, seeds, out: _hysteresis(weak[0], seeds[0], out[0]),
+        candidate.contiguous(),
+        strong.contiguous(),
+        edges,
+    )
+    return edges
 
 
 def glass_sweeps(pixels: torch.Tensor, shifts: torch.Tensor, delta: int) -> torch.Tensor:

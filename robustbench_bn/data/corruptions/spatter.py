@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustbench_bn.data.corruptions import ops, sampling
+from robustbench_bn.data.corruptions import kernels, ops, sampling
 from robustbench_bn.data.corruptions.sampling import Generators
 
 #: cv2.threshold(dist, 20, 20, THRESH_TRUNC): distances beyond 20 px do not matter.
@@ -74,12 +74,13 @@ def canny(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """
     # Integer pixels and Sobel weights: every sum is an integer below 2^24, exact in float32,
     # whose convolution is several times faster than float64's on the CPU.
+    # The 3x3 Sobel kernels are separable, [1, 2, 1] x [-1, 0, 1]: four slice passes instead
+    # of a single-channel convolution, which oneDNN runs several times slower here.
     padded = ops.pad(planes.float(), 1, 1, 1, 1, "nearest")
-    sobel_x = torch.tensor(
-        [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=padded.dtype
-    )
-    gradient_x = F.conv2d(padded, sobel_x.view(1, 1, 3, 3)).long()
-    gradient_y = F.conv2d(padded, sobel_x.T.reshape(1, 1, 3, 3)).long()
+    across = padded[..., :, 2:] - padded[..., :, :-2]
+    gradient_x = (across[..., :-2, :] + 2 * across[..., 1:-1, :] + across[..., 2:, :]).long()
+    down = padded[..., 2:, :] - padded[..., :-2, :]
+    gradient_y = (down[..., :, :-2] + 2 * down[..., :, 1:-1] + down[..., :, 2:]).long()
     magnitude = gradient_x.abs() + gradient_y.abs()
     low, high = int(low), int(high)  # cvFloor of the thresholds for the L1 norm
 
@@ -112,6 +113,8 @@ def canny(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
     )
     candidate = is_peak & (magnitude > low)
     edges = candidate & (magnitude > high)
+    if edges.device.type == "cpu":
+        return kernels.hysteresis(candidate, edges)
     candidate = candidate.float()
     edges = edges.float()
     while True:
