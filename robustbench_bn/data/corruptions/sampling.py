@@ -18,6 +18,7 @@ in about 1/threads of the time (torch releases the GIL while it samples).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,7 +37,9 @@ def generators_for(seeds: torch.Tensor) -> list[torch.Generator]:
 
 
 @functools.cache
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, process: int) -> ThreadPoolExecutor:
+    # Keyed by process id: a forked child (a DataLoader worker) inherits the parent's pool
+    # object but not its threads, and would wait forever on it.
     return ThreadPoolExecutor(threads, thread_name_prefix="corruption-draws")
 
 
@@ -44,7 +47,7 @@ def run_per_image(count: int, task: Callable[[int], object], threaded: bool = Tr
     """``task(i)`` for i in range(count), spread over the pool's threads when ``threaded``."""
     threads = min(torch.get_num_threads(), count)
     if threaded and threads > 1:
-        for future in [_pool(threads).submit(task, index) for index in range(count)]:
+        for future in [_pool(threads, os.getpid()).submit(task, index) for index in range(count)]:
             future.result()
     else:
         for index in range(count):
