@@ -108,3 +108,21 @@ def test_chunking_does_not_change_results(name, monkeypatch):
     whole = corrupt(images, name, 4, seeds=seeds)
     monkeypatch.setattr(engine, "_CHUNK_PIXELS", 48 * 48 * 2)  # two images per chunk
     assert torch.equal(corrupt(images, name, 4, seeds=seeds), whole)
+
+
+def test_compiled_canny_and_distance_equal_the_tensor_versions():
+    from robustbench_bn.data.corruptions import spatter
+
+    generators = sampling.generators_for(torch.arange(3))
+    liquid = sampling.normal(generators, (1, 61, 67), dtype=torch.float64) * 0.3 + 0.65
+    liquid = ops.gaussian_filter(liquid, 1.0, mode="nearest")
+    planes = torch.floor(torch.where(liquid < 0.69, 0.0, liquid).clamp(0, 1) * 255)
+    edges = spatter.canny(planes, 50, 150)
+    assert torch.equal(edges, spatter.canny_by_tensor_operations(planes, 50, 150))
+    assert 0 < edges.float().mean() < 0.5
+    distance = spatter.distance_to_edges(edges)
+    assert torch.equal(distance, spatter.distance_by_tensor_operations(edges))
+    no_edges = torch.zeros(1, 1, 30, 30, dtype=torch.bool)
+    assert torch.equal(
+        spatter.distance_to_edges(no_edges), spatter.distance_by_tensor_operations(no_edges)
+    )

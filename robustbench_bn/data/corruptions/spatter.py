@@ -72,8 +72,14 @@ def canny(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
     OpenCV's fixed-point 22.5/67.5 degree sectors and tie rules, then hysteresis: weak pixels
     (> low) joined 8-connected to strong ones (> high).
     """
-    # Integer pixels and Sobel weights: every sum is an integer below 2^24, exact in float32,
-    # whose convolution is several times faster than float64's on the CPU.
+    if planes.device.type == "cpu":
+        return kernels.canny(planes, int(low), int(high))
+    return canny_by_tensor_operations(planes, low, high)
+
+
+def canny_by_tensor_operations(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """:func:`canny` in whole-image tensor operations (any device)."""
+    # Integer pixels and Sobel weights: every sum is an integer below 2^24, exact in float32.
     # The 3x3 Sobel kernels are separable, [1, 2, 1] x [-1, 0, 1]: four slice passes instead
     # of a single-channel convolution, which oneDNN runs several times slower here.
     padded = ops.pad(planes.float(), 1, 1, 1, 1, "nearest")
@@ -113,8 +119,6 @@ def canny(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
     )
     candidate = is_peak & (magnitude > low)
     edges = candidate & (magnitude > high)
-    if edges.device.type == "cpu":
-        return kernels.hysteresis(candidate, edges)
     candidate = candidate.float()
     edges = edges.float()
     while True:
@@ -128,6 +132,14 @@ def canny(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
 def distance_to_edges(edges: torch.Tensor) -> torch.Tensor:
     """Euclidean distance of every pixel to the nearest edge pixel, capped just above
     :data:`_DISTANCE_CAP` (cv2.distanceTransform of 255 - edges), [B, 1, H, W] float64."""
+    cap = _DISTANCE_CAP + 1
+    if edges.device.type == "cpu":
+        return kernels.distance_to_edges(edges, cap)
+    return distance_by_tensor_operations(edges)
+
+
+def distance_by_tensor_operations(edges: torch.Tensor) -> torch.Tensor:
+    """:func:`distance_to_edges` in whole-image tensor operations (any device)."""
     cap = _DISTANCE_CAP + 1
     height, width = edges.shape[-2:]
     columns = torch.arange(width).expand_as(edges)
