@@ -126,3 +126,29 @@ def test_compiled_canny_and_distance_equal_the_tensor_versions():
     assert torch.equal(
         spatter.distance_to_edges(no_edges), spatter.distance_by_tensor_operations(no_edges)
     )
+
+
+def test_compiled_finish_equals_clamp_and_quantize():
+    corrupted = torch.rand(3, 3, 20, 30) * 1.4 - 0.2
+    corrupted[0, 0, 0, :3] = torch.tensor([7 / 255, 1.0, 0.0])  # exact levels stay put
+    for quantize in (True, False):
+        out = torch.empty_like(corrupted)
+        kernels.finish(corrupted, out, quantize)
+        expected = corrupted.clamp(0, 1)
+        expected = ops.quantize_(expected) if quantize else expected
+        assert torch.equal(out, expected)
+    strided = corrupted[:, :, ::2, 1:]  # a crop, as blurs return
+    out = torch.empty(strided.shape)
+    kernels.finish(strided, out, True)
+    assert torch.equal(out, ops.quantize_(strided.clamp(0, 1)))
+
+
+@pytest.mark.parametrize("size,target", [(224, 112), (224, 134), (32, 9), (37, 16), (16, 37)])
+def test_compiled_box_resize_equals_the_sparse_and_dense_products(size, target):
+    images = ops.quantize(torch.rand(2, 3, size, size))
+    compiled = ops.pil_box_resize(images, target, target)
+    rows = ops.pil_box_matrix(size, target)
+    sparse = ops.apply_sparse(ops.apply_sparse(images, rows, -2), rows, -1)
+    assert torch.equal(compiled, sparse)
+    dense = rows @ images @ rows.T
+    assert torch.allclose(compiled, dense, atol=1e-6)

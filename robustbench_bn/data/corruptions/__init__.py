@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from robustbench_bn.data.corruptions import blur, digital, noise, ops, spatter, weather
+from robustbench_bn.data.corruptions import blur, digital, kernels, noise, ops, spatter, weather
 from robustbench_bn.data.corruptions.parameters import TABLES
 from robustbench_bn.data.corruptions.sampling import generators_for
 from robustbench_bn.errors import ConfigurationError
@@ -233,13 +233,16 @@ def corrupt(
             batch = clean[start : start + chunk].clamp(0, 1)
             generators = generators_for(seeds[start : start + chunk])
             corrupted = function(batch, parameter, generators, family)
+            target = result[start : start + chunk]
             if corrupted.dtype == torch.uint8:  # already on the grid (JPEG)
-                corrupted = corrupted.float().div_(255)
+                torch.div(corrupted, 255, out=target)
+            elif work_device.type == "cpu" and corrupted.dtype == torch.float32:
+                kernels.finish(corrupted, target, quantize or jpeg_round_trip)
             else:
                 corrupted = corrupted.float().clamp_(0, 1)
                 if quantize or jpeg_round_trip:
                     corrupted = ops.quantize_(corrupted)
+                target.copy_(corrupted)
             if jpeg_round_trip:
-                corrupted = digital.jpeg(corrupted, RELEASE_JPEG_QUALITY).float().div_(255)
-            result[start : start + chunk] = corrupted
+                torch.div(digital.jpeg(target, RELEASE_JPEG_QUALITY), 255, out=target)
     return result.to(output_device)

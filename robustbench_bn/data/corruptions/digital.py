@@ -55,11 +55,9 @@ def pixelate(images: torch.Tensor, fraction: float, generators: Generators, fami
     enlarges with NEAREST, which picks the same pixel except at exact ties)."""
     height, width = images.shape[-2:]
     small = ops.pil_box_resize(images, int(height * fraction), int(width * fraction))
-    # Enlarging, PIL's BOX filter reads exactly one input pixel per output pixel (weight 1):
-    # selecting whole rows gives the row matrix product's values without its multiply-adds.
-    rows = ops.pil_box_matrix(small.shape[-2], height).argmax(1)
-    cols = ops.pil_box_matrix(small.shape[-1], width).to(small)
-    return small.index_select(-2, rows) @ cols.T
+    # Enlarging, PIL's BOX filter reads exactly one input pixel per output pixel (weight 1),
+    # which the sparse resize applies as a selection.
+    return ops.pil_box_resize(small, height, width)
 
 
 def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:

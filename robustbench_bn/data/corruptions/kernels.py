@@ -3,22 +3,22 @@ pixel (shot noise's inverse-CDF lookup), a sequential sweep whose every step rea
 ones (glass blur's local pixel moves) and the per-pixel neighbourhood logic of spatter's Canny
 edges and capped distance transform.
 
-Each kernel handles one image and releases the GIL, so :func:`for_each_image` runs a batch
-on the draw pool's threads. The torch implementations beside them (used on other devices)
-compute the same numbers; tests/test_corruptions.py checks that the two agree exactly.
+Each kernel handles one image and releases the GIL; a compiled loop per thread's share of the
+batch runs it on the draw pool's threads. The torch implementations beside them (used on other
+devices) compute the same numbers; tests/test_corruption_fast_paths.py checks that they agree.
 Compiled code is cached on disk (numba's ``cache=True``), so only the first use on a machine
 pays the compilation (a few seconds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numba
 import numpy as np
 import torch
 
-from robustbench_bn.data.corruptions.sampling import run_per_image
+from robustbench_bn.data.corruptions.sampling import run_in_shares
 
 
 @numba.njit(nogil=True, cache=True)
@@ -159,10 +159,94 @@ def _hysteresis(candidate, strong, edges):  # pragma: no cover - compiled
                     top += 1
 
 
-def for_each_image(kernel: Callable[..., None], *batches: torch.Tensor) -> None:
-    """``kernel(*(batch[i] as numpy for batch in batches))`` for every image i, in threads."""
-    arrays: list[Sequence[np.ndarray]] = [batch.numpy() for batch in batches]
-    run_per_image(len(batches[0]), lambda index: kernel(*(array[index] for array in arrays)))
+@numba.njit(nogil=True, cache=True)
+def _resize_separable(image, row_columns, row_weights, col_columns, col_weights, out):
+    # pragma: no cover - compiled
+    # Rows first, then columns, each output a float32 sum of its taps in increasing input
+    # order with products rounded before adding: :func:`.ops.apply_sparse`'s arithmetic.
+    channels = image.shape[0]
+    out_height, out_width = out.shape[1], out.shape[2]
+    width = image.shape[2]
+    rows = np.empty((out_height, width), np.float32)
+    for channel in range(channels):
+        for row in range(out_height):
+            for col in range(width):
+                total = image[channel, row_columns[row, 0], col] * row_weights[row, 0]
+                for tap in range(1, row_columns.shape[1]):
+                    total += image[channel, row_columns[row, tap], col] * row_weights[row, tap]
+                rows[row, col] = total
+        for row in range(out_height):
+            for col in range(out_width):
+                total = rows[row, col_columns[col, 0]] * col_weights[col, 0]
+                for tap in range(1, col_columns.shape[1]):
+                    total += rows[row, col_columns[col, tap]] * col_weights[col, tap]
+                out[channel, row, col] = total
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish(corrupted, out, quantize):  # pragma: no cover - compiled
+    # The engine's clamp_(0, 1) and quantize_ (mul 255, add 1e-4, floor, clamp 255, div 255)
+    # in float32, in the same order, fused into one pass that writes the result.
+    low, high = np.float32(0.0), np.float32(1.0)
+    levels, allowance = np.float32(255.0), np.float32(1e-4)
+    channels, height, width = corrupted.shape
+    for channel in range(channels):
+        for row in range(height):
+            for col in range(width):
+                value = corrupted[channel, row, col]
+                value = low if value < low else (high if value > high else value)
+                if quantize:
+                    value = np.floor(value * levels + allowance)
+                    value = min(value, levels) / levels
+                out[channel, row, col] = value
+
+
+# One compiled loop per thread's share of a batch (images first, first + step, ...), so the
+# Python call overhead is per thread, not per image.
+
+
+@numba.njit(nogil=True, cache=True)
+def _shot_noise_share(pixels, uniforms, table, guide, photons, noisy, on_grid, first, step):
+    for index in range(first, pixels.shape[0], step):  # pragma: no cover - compiled
+        on_grid[index] = _shot_noise(
+            pixels[index], uniforms[index], table, guide, photons, noisy[index]
+        )
+
+
+@numba.njit(nogil=True, cache=True)
+def _glass_sweeps_share(pixels, shifts, delta, first, step):
+    for index in range(first, pixels.shape[0], step):  # pragma: no cover - compiled
+        _glass_sweeps(pixels[index], shifts[index], delta)
+
+
+@numba.njit(nogil=True, cache=True)
+def _canny_share(planes, low, high, edges, first, step):
+    for index in range(first, planes.shape[0], step):  # pragma: no cover - compiled
+        _canny(planes[index, 0], low, high, edges[index, 0])
+
+
+@numba.njit(nogil=True, cache=True)
+def _distance_share(edges, cap, distance, first, step):
+    for index in range(first, edges.shape[0], step):  # pragma: no cover - compiled
+        _distance_to_edges(edges[index, 0], cap, distance[index, 0])
+
+
+@numba.njit(nogil=True, cache=True)
+def _resize_share(images, row_columns, row_weights, col_columns, col_weights, out, first, step):
+    for index in range(first, images.shape[0], step):  # pragma: no cover - compiled
+        _resize_separable(
+            images[index], row_columns, row_weights, col_columns, col_weights, out[index]
+        )
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish_share(corrupted, out, quantize, first, step):
+    for index in range(first, corrupted.shape[0], step):  # pragma: no cover - compiled
+        _finish(corrupted[index], out[index], quantize)
+
+
+def _in_shares(kernel: Callable[..., None], count: int, *arguments) -> None:
+    run_in_shares(count, lambda first, step: kernel(*arguments, first, step))
 
 
 def shot_noise(
@@ -179,23 +263,48 @@ def shot_noise(
     flat_uniforms = uniforms.reshape(batch, -1).contiguous()
     noisy = torch.empty_like(pixels)
     on_grid = torch.zeros(batch, dtype=torch.bool)
-    table_array, guide_array = table.numpy(), guide.numpy()
-    photons32 = np.float32(photons)
-
-    def one_image(index: int) -> None:
-        on_grid[index] = bool(
-            _shot_noise(
-                pixels[index].numpy(),
-                flat_uniforms[index].numpy(),
-                table_array,
-                guide_array,
-                photons32,
-                noisy[index].numpy(),
-            )
-        )
-
-    run_per_image(batch, one_image)
+    _in_shares(
+        _shot_noise_share,
+        batch,
+        pixels.numpy(),
+        flat_uniforms.numpy(),
+        table.numpy(),
+        guide.numpy(),
+        np.float32(photons),
+        noisy.numpy(),
+        on_grid.numpy(),
+    )
     return noisy.view_as(images), on_grid
+
+
+def finish(corrupted: torch.Tensor, out: torch.Tensor, quantize: bool) -> None:
+    """Clamp float32 ``corrupted`` [B, C, H, W] (any strides) to [0, 1], quantize it like
+    :func:`.ops.quantize_` if asked, and write it into ``out``: one pass instead of six."""
+    _in_shares(_finish_share, len(corrupted), corrupted.numpy(), out.numpy(), quantize)
+
+
+def resize_separable(
+    images: torch.Tensor,
+    rows: tuple[torch.Tensor, torch.Tensor],
+    cols: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """The compiled twin of two :func:`.ops.apply_sparse` calls (rows, then columns) for CPU
+    float32 images [B, C, H, W]; ``rows`` and ``cols`` are (columns, weights) tap tables."""
+    row_columns, row_weights = rows[0].numpy(), rows[1].float().numpy()
+    col_columns, col_weights = cols[0].numpy(), cols[1].float().numpy()
+    batch, channels = images.shape[:2]
+    out = torch.empty(batch, channels, len(row_columns), len(col_columns))
+    _in_shares(
+        _resize_share,
+        batch,
+        images.contiguous().numpy(),
+        row_columns,
+        row_weights,
+        col_columns,
+        col_weights,
+        out.numpy(),
+    )
+    return out
 
 
 def canny(planes: torch.Tensor, low: int, high: int) -> torch.Tensor:
@@ -203,16 +312,14 @@ def canny(planes: torch.Tensor, low: int, high: int) -> torch.Tensor:
     valued planes to bool edges."""
     integers = planes.to(torch.int64).contiguous()
     edges = torch.zeros(planes.shape, dtype=torch.bool)
-    for_each_image(lambda plane, out: _canny(plane[0], low, high, out[0]), integers, edges)
+    _in_shares(_canny_share, len(edges), integers.numpy(), low, high, edges.numpy())
     return edges
 
 
 def distance_to_edges(edges: torch.Tensor, cap: int) -> torch.Tensor:
     """The compiled twin of :func:`.spatter.distance_to_edges` for CPU tensors."""
     distance = torch.empty(edges.shape, dtype=torch.float64)
-    for_each_image(
-        lambda plane, out: _distance_to_edges(plane[0], cap, out[0]), edges.contiguous(), distance
-    )
+    _in_shares(_distance_share, len(edges), edges.contiguous().numpy(), cap, distance.numpy())
     return distance
 
 
@@ -222,5 +329,5 @@ def glass_sweeps(pixels: torch.Tensor, shifts: torch.Tensor, delta: int) -> torc
     cols, (dx, dy)]."""
     moved = pixels.contiguous().clone()
     shifts = shifts.contiguous()
-    for_each_image(lambda image, steps: _glass_sweeps(image, steps, delta), moved, shifts)
+    _in_shares(_glass_sweeps_share, len(moved), moved.numpy(), shifts.numpy(), delta)
     return moved

@@ -328,10 +328,43 @@ def pil_box_matrix(size_in: int, size_out: int) -> torch.Tensor:
     return (weights / weights.sum(1, keepdim=True).clamp(min=1)).float()
 
 
+@cached_per_device
+def _sparse_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A matrix with few non-zeros per row as (columns [rows, taps], weights [rows, taps]),
+    each row's non-zero columns in increasing order, padded with weight-0 taps."""
+    size = matrix.shape[1]
+    nonzero = matrix != 0
+    taps = int(nonzero.sum(1).max())
+    positions = torch.arange(size)
+    order = torch.where(nonzero, positions, positions + size).argsort(1)[:, :taps]
+    present = nonzero.gather(1, order)
+    columns = torch.where(present, order, torch.zeros_like(order))
+    values = torch.where(present, matrix.gather(1, order), torch.zeros(()))
+    return columns, values
+
+
+def apply_sparse(images: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor:
+    """``matrix @ images`` along ``axis`` (-1 or -2) for a matrix with a few non-zeros per
+    row, tap by tap: the dense product ran at 4 GFLOP/s in this machine's BLAS for the
+    resize matrices, which are mostly zeros."""
+    columns, values = _sparse_rows(matrix)
+    shape = [1] * images.dim()
+    shape[axis] = columns.shape[0]
+    result = None
+    for tap in range(columns.shape[1]):
+        term = images.index_select(axis, columns[:, tap]) * values[:, tap].to(images).view(shape)
+        result = term if result is None else result.add_(term)
+    return result
+
+
 def pil_box_resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    rows = pil_box_matrix(images.shape[-2], height).to(images)
-    cols = pil_box_matrix(images.shape[-1], width).to(images)
-    return rows @ images @ cols.T
+    rows = pil_box_matrix(images.shape[-2], height)
+    cols = pil_box_matrix(images.shape[-1], width)
+    if images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4:
+        from robustbench_bn.data.corruptions import kernels
+
+        return kernels.resize_separable(images, _sparse_rows(rows), _sparse_rows(cols))
+    return apply_sparse(apply_sparse(images, rows, -2), cols, -1)
 
 
 def luma(images: torch.Tensor) -> torch.Tensor:

@@ -43,15 +43,27 @@ def _pool(threads: int, process: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="corruption-draws")
 
 
+def run_in_shares(count: int, task: Callable[[int, int], object], threaded: bool = True) -> None:
+    """``task(first, step)`` over the pool's threads, each share taking images first,
+    first + step, ... of ``count``: one task per thread whatever the batch size (a task per
+    image cost more than the work for 32 px images). Serially ``task(0, 1)``."""
+    threads = min(torch.get_num_threads(), count)
+    if not threaded or threads < 2:
+        task(0, 1)
+        return
+    pool = _pool(threads, os.getpid())
+    for future in [pool.submit(task, first, threads) for first in range(threads)]:
+        future.result()
+
+
 def run_per_image(count: int, task: Callable[[int], object], threaded: bool = True) -> None:
     """``task(i)`` for i in range(count), spread over the pool's threads when ``threaded``."""
-    threads = min(torch.get_num_threads(), count)
-    if threaded and threads > 1:
-        for future in [_pool(threads, os.getpid()).submit(task, index) for index in range(count)]:
-            future.result()
-    else:
-        for index in range(count):
+
+    def share(first: int, step: int) -> None:
+        for index in range(first, count, step):
             task(index)
+
+    run_in_shares(count, share, threaded)
 
 
 def per_image(
