@@ -14,6 +14,7 @@ algorithms are in :mod:`.noise`, :mod:`.blur`, :mod:`.weather`, :mod:`.digital` 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 from collections.abc import Callable
@@ -226,7 +227,15 @@ def corrupt(
     clean = images.detach().to(work_device, torch.float32)
     chunk = max(1, _CHUNK_PIXELS // (clean.shape[-1] * clean.shape[-2]))
     result = torch.empty(clean.shape, dtype=torch.float32, device=work_device)
-    with torch.no_grad(), torch.device(work_device):
+    # The device context makes tensors the corruptions create land on the work device; it is
+    # a Python-level function mode that taxes every torch call (fog makes thousands), so it is
+    # entered only when the default device is not already the work device.
+    placement = (
+        contextlib.nullcontext()
+        if torch.get_default_device() == work_device
+        else torch.device(work_device)
+    )
+    with torch.no_grad(), placement:
         # Chunks of about 3 MB per float tensor keep each corruption's intermediates in
         # the CPU cache; whole 224 px batches ran several passes from main memory instead.
         for start in range(0, len(clean), chunk):
