@@ -10,14 +10,16 @@ For each of the 19 corruptions, at 224 px and at 32 px, one process times
   stops).
 
 Each timing is the best of ``--repeats`` (default 3; this machine's speed varies between
-runs) and follows one untimed warm-up call on the same corruption (lazy imports, and the
-suite's per-size tables: kernels, resize matrices, frost photographs).
+runs) at each of ``--severities`` (default 3; a corruption's rate is over all of them), and
+follows one untimed warm-up call on the same corruption (lazy imports, and the suite's
+per-size tables: kernels, resize matrices, frost photographs).
 
 It prints images/s per corruption and in total (all 19 corruptions: total images over total
 time) and the ratio suite / reference. The goal in the corruption-engine issue: at least 20x
 the reference's total on CPU, and no corruption slower than the reference.
 
-    .venv/bin/python scripts/benchmark_corruptions.py [--sizes 224 32] [--device cuda]
+    .venv/bin/python scripts/benchmark_corruptions.py [--sizes 224 32] [--severities 1 2 3 4 5]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -96,7 +98,13 @@ def time_suite(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 32])
-    parser.add_argument("--severity", type=int, default=3)
+    parser.add_argument(
+        "--severities",
+        type=int,
+        nargs="+",
+        default=[3],
+        help="each corruption is timed at every one of these; its rate is over all of them",
+    )
     parser.add_argument(
         "--reference-images", type=int, default=None, help="default 12 at >= 128 px, else 96"
     )
@@ -110,8 +118,9 @@ def main() -> None:
     arguments = parser.parse_args()
     corruptions = arguments.corruptions.split(",")
     warnings.filterwarnings("ignore")  # the reference's skimage / numpy deprecation notes
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, severity "
-          f"{arguments.severity}")  # fmt: skip
+    severities = arguments.severities
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, severities "
+          f"{' '.join(map(str, severities))}")  # fmt: skip
     for size in arguments.sizes:
         large = size >= 128
         reference_count = arguments.reference_images or (12 if large else 96)
@@ -130,26 +139,33 @@ def main() -> None:
             timings = {}
             if not arguments.skip_reference:
                 timings["reference"] = (
-                    reference_count,
-                    time_reference(
-                        images[:reference_count], corruption, arguments.severity, arguments.repeats
+                    reference_count * len(severities),
+                    sum(
+                        time_reference(
+                            images[:reference_count], corruption, severity, arguments.repeats
+                        )
+                        for severity in severities
                     ),
                 )
             timings["suite cpu"] = (
-                suite_count,
-                time_suite(
-                    images[:suite_count], corruption, arguments.severity, "cpu", arguments.repeats
+                suite_count * len(severities),
+                sum(
+                    time_suite(images[:suite_count], corruption, severity, "cpu", arguments.repeats)
+                    for severity in severities
                 ),
             )
             if arguments.device:
                 timings[f"suite {arguments.device}"] = (
-                    suite_count,
-                    time_suite(
-                        images[:suite_count],
-                        corruption,
-                        arguments.severity,
-                        arguments.device,
-                        arguments.repeats,
+                    suite_count * len(severities),
+                    sum(
+                        time_suite(
+                            images[:suite_count],
+                            corruption,
+                            severity,
+                            arguments.device,
+                            arguments.repeats,
+                        )
+                        for severity in severities
                     ),
                 )
             line = f"{corruption:18}"
