@@ -1,6 +1,9 @@
-"""Model zoo: CIFAR architectures load state dicts with the published key names."""
+"""Model zoo: CIFAR architectures load state dicts with the published key names; shared source
+model checkpoints install into the cache."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +63,20 @@ def test_mismatched_checkpoint_is_explained(tmp_path):
         cifar_model(architecture="resnet26", checkpoint=str(path))
     with pytest.raises(ConfigurationError, match="Unknown CIFAR architecture"):
         cifar_model(architecture="resnet9000")
+
+
+def test_install_checkpoint_shares_weights_and_never_overwrites_a_cached_model(tmp_path, caplog):
+    from robustbench_bn.models.training import install_checkpoint
+    from robustbench_bn.models.training import main as train_source_main
+
+    shared = Path(__file__).resolve().parents[1] / "results" / "fashion_mnist_c" / "demo_model.pt"
+    target = install_checkpoint(shared, tmp_path / "cache")
+    assert target.read_bytes() == shared.read_bytes()
+    assert target.name.startswith("fashion_small_resnet-")
+    target.write_bytes(b"a model trained here")
+    with caplog.at_level("WARNING"):
+        assert install_checkpoint(shared, tmp_path / "cache") == target
+    assert target.read_bytes() == b"a model trained here"
+    assert "delete it to use the shared weights" in caplog.text
+    train_source_main(["--install", str(shared), "--cache-dir", str(tmp_path / "cli")])
+    assert (tmp_path / "cli" / "models" / target.name).read_bytes() == shared.read_bytes()

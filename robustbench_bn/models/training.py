@@ -163,6 +163,13 @@ def install_checkpoint(checkpoint: str | Path, cache_dir: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.is_file():
         atomic_write(target, lambda temporary: shutil.copyfile(checkpoint, temporary))
+    elif target.read_bytes() != Path(checkpoint).read_bytes():
+        log.warning(
+            "Kept the model already cached at %s, which differs from %s (trained on this "
+            "machine?); delete it to use the shared weights.",
+            target,
+            checkpoint,
+        )
     return target
 
 
@@ -198,8 +205,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=float, default=1.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--install",
+        metavar="CHECKPOINT",
+        default=None,
+        help="put this shared checkpoint into the cache instead of training (e.g. "
+        "results/fashion_mnist_c/demo_model.pt, the weights behind the README's tables)",
+    )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if arguments.install:
+        if not Path(arguments.install).is_file():
+            raise SystemExit(f"rbn-train-source: no checkpoint at {arguments.install}")
+        target = install_checkpoint(arguments.install, arguments.cache_dir)
+        print(f"installed {arguments.install} as {target}")
+        return
     model = trained_small_resnet(
         cache_dir=arguments.cache_dir,
         data_dir=arguments.data_dir,
