@@ -99,7 +99,9 @@ def test_threaded_draws_equal_a_serial_loop():
     assert torch.equal(threaded, serial)
 
 
-@pytest.mark.parametrize("name", ["glass_blur", "shot_noise", "gaussian_blur", "spatter"])
+@pytest.mark.parametrize(
+    "name", ["glass_blur", "shot_noise", "gaussian_blur", "spatter", "jpeg_compression"]
+)
 def test_chunking_does_not_change_results(name, monkeypatch):
     import robustbench_bn.data.corruptions as engine
 
@@ -107,6 +109,7 @@ def test_chunking_does_not_change_results(name, monkeypatch):
     seeds = image_seeds("chunks", name, 4, 0, torch.arange(6))
     whole = corrupt(images, name, 4, seeds=seeds)
     monkeypatch.setattr(engine, "_CHUNK_PIXELS", 48 * 48 * 2)  # two images per chunk
+    monkeypatch.setattr(engine, "_UNCHUNKED", frozenset())
     assert torch.equal(corrupt(images, name, 4, seeds=seeds), whole)
 
 
@@ -152,3 +155,29 @@ def test_compiled_box_resize_equals_the_sparse_and_dense_products(size, target):
     assert torch.equal(compiled, sparse)
     dense = rows @ images @ rows.T
     assert torch.allclose(compiled, dense, atol=1e-6)
+
+
+def test_compiled_levels_equal_to_uint8():
+    images = torch.rand(3, 3, 20, 30) * 1.4 - 0.2
+    images[0, 0, 0, :3] = torch.tensor([7 / 255, 1.0, 0.0])  # exact levels stay put
+    assert torch.equal(kernels.to_levels(images), ops.to_uint8(images.clone()))
+    strided = images[:, :, ::2, 1:]
+    assert torch.equal(kernels.to_levels(strided), ops.to_uint8(strided.clone()))
+
+
+def test_jpeg_matches_a_pil_round_trip():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from robustbench_bn.data.corruptions import digital
+
+    images = ops.quantize(ops.gaussian_filter(torch.rand(3, 3, 40, 56), 2.0, mode="reflect"))
+    decoded = digital.jpeg(images, 80)
+    for image, ours in zip(images, decoded, strict=True):
+        levels = np.ascontiguousarray(ops.to_uint8(image.clone()).permute(1, 2, 0).numpy())
+        stored = io.BytesIO()
+        Image.fromarray(levels).save(stored, "JPEG", quality=80)
+        reloaded = np.asarray(Image.open(io.BytesIO(stored.getvalue())))
+        assert np.array_equal(ours.permute(1, 2, 0).numpy(), reloaded)

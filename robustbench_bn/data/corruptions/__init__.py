@@ -94,6 +94,9 @@ _FUNCTIONS: dict[str, CorruptionFunction] = {
 #: buffers, pointer tables) at large sizes. Chunking never changes results: each image's
 #: randomness is its own.
 _CHUNK_PIXELS = 1 << 18
+#: Corruptions done image by image with no batch-sized intermediates, which chunking would
+#: only split into more, unevenly shared, thread-pool rounds.
+_UNCHUNKED = frozenset({"jpeg_compression"})
 
 
 def family_for_size(image_size: int) -> str:
@@ -226,6 +229,8 @@ def corrupt(
     work_device = torch.device(device) if device is not None else images.device
     clean = images.detach().to(work_device, torch.float32)
     chunk = max(1, _CHUNK_PIXELS // (clean.shape[-1] * clean.shape[-2]))
+    if corruption in _UNCHUNKED and not jpeg_round_trip:
+        chunk = len(clean)
     result = torch.empty(clean.shape, dtype=torch.float32, device=work_device)
     # The device context makes tensors the corruptions create land on the work device; it is
     # a Python-level function mode that taxes every torch call (fog makes thousands), so it is
