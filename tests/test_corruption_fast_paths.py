@@ -163,6 +163,8 @@ def test_compiled_levels_equal_to_uint8():
     assert torch.equal(kernels.to_levels(images), ops.to_uint8(images.clone()))
     strided = images[:, :, ::2, 1:]
     assert torch.equal(kernels.to_levels(strided), ops.to_uint8(strided.clone()))
+    interleaved = kernels.to_levels(strided, channels_last=True)
+    assert torch.equal(interleaved, ops.to_uint8(strided.clone()).permute(0, 2, 3, 1))
 
 
 def test_jpeg_matches_a_pil_round_trip():

@@ -71,10 +71,13 @@ def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     from torchvision.io import decode_jpeg, encode_jpeg
 
     if images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4:
-        pixels = kernels.to_levels(images)
+        interleaved = kernels.to_levels(images, channels_last=True)
     else:
-        pixels = ops.to_uint8(images).cpu()
-    decoded = torch.empty_like(pixels)
+        interleaved = ops.to_uint8(images).permute(0, 2, 3, 1).contiguous().cpu()
+    # libjpeg reads interleaved pixels: given channel-first views of them, the encoder's own
+    # interleaving copy (torch's, about 0.15 ms per 224 px image here) is a no-op.
+    pixels = interleaved.permute(0, 3, 1, 2)
+    decoded = torch.empty(pixels.shape, dtype=torch.uint8)
 
     def one_image(index: int) -> None:
         decoded[index] = decode_jpeg(encode_jpeg(pixels[index], quality=int(quality)))

@@ -221,6 +221,26 @@ def _to_levels(images, out):  # pragma: no cover - compiled
                 out[channel, row, col] = np.uint8(min(np.floor(value * levels + allowance), levels))
 
 
+@numba.njit(nogil=True, cache=True)
+def _to_interleaved_levels(images, out):  # pragma: no cover - compiled
+    # :func:`_to_levels` writing [H, W, C]: a row's planes are quantized along contiguous
+    # memory first, then interleaved, which ran twice as fast as pixel-by-pixel here.
+    low, high = np.float32(0.0), np.float32(1.0)
+    levels, allowance = np.float32(255.0), np.float32(1e-4)
+    channels, height, width = images.shape
+    row_levels = np.empty((channels, width), np.uint8)
+    for row in range(height):
+        for channel in range(channels):
+            for col in range(width):
+                value = images[channel, row, col]
+                value = low if value < low else (high if value > high else value)
+                level = min(np.floor(value * levels + allowance), levels)
+                row_levels[channel, col] = np.uint8(level)
+        for col in range(width):
+            for channel in range(channels):
+                out[row, col, channel] = row_levels[channel, col]
+
+
 # One compiled loop per thread's share of a batch (images first, first + step, ...), so the
 # Python call overhead is per thread, not per image.
 
@@ -271,6 +291,12 @@ def _to_levels_share(images, out, first, step):
         _to_levels(images[index], out[index])
 
 
+@numba.njit(nogil=True, cache=True)
+def _to_interleaved_levels_share(images, out, first, step):
+    for index in range(first, images.shape[0], step):  # pragma: no cover - compiled
+        _to_interleaved_levels(images[index], out[index])
+
+
 def _in_shares(kernel: Callable[..., None], count: int, *arguments) -> None:
     run_in_shares(count, lambda first, step: kernel(*arguments, first, step))
 
@@ -309,11 +335,17 @@ def finish(corrupted: torch.Tensor, out: torch.Tensor, quantize: bool) -> None:
     _in_shares(_finish_share, len(corrupted), corrupted.numpy(), out.numpy(), quantize)
 
 
-def to_levels(images: torch.Tensor) -> torch.Tensor:
+def to_levels(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """The compiled twin of :func:`.ops.to_uint8` for CPU float32 images [B, C, H, W] (any
-    strides): one pass instead of six."""
-    out = torch.empty(images.shape, dtype=torch.uint8)
-    _in_shares(_to_levels_share, len(images), images.numpy(), out.numpy())
+    strides): one pass instead of six. ``channels_last`` returns [B, H, W, C]."""
+    batch, channels, height, width = images.shape
+    if channels_last:
+        out = torch.empty((batch, height, width, channels), dtype=torch.uint8)
+        kernel = _to_interleaved_levels_share
+    else:
+        out = torch.empty(images.shape, dtype=torch.uint8)
+        kernel = _to_levels_share
+    _in_shares(kernel, batch, images.contiguous().numpy(), out.numpy())
     return out
 
 
