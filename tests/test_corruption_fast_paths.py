@@ -160,11 +160,11 @@ def test_compiled_box_resize_equals_the_sparse_and_dense_products(size, target):
 def test_compiled_levels_equal_to_uint8():
     images = torch.rand(3, 3, 20, 30) * 1.4 - 0.2
     images[0, 0, 0, :3] = torch.tensor([7 / 255, 1.0, 0.0])  # exact levels stay put
-    assert torch.equal(kernels.to_levels(images), ops.to_uint8(images.clone()))
+    expected = ops.to_uint8(images.clone()).permute(0, 2, 3, 1)
+    assert torch.equal(kernels.to_interleaved_levels(images), expected)
     strided = images[:, :, ::2, 1:]
-    assert torch.equal(kernels.to_levels(strided), ops.to_uint8(strided.clone()))
-    interleaved = kernels.to_levels(strided, channels_last=True)
-    assert torch.equal(interleaved, ops.to_uint8(strided.clone()).permute(0, 2, 3, 1))
+    expected = ops.to_uint8(strided.clone()).permute(0, 2, 3, 1)
+    assert torch.equal(kernels.to_interleaved_levels(strided), expected)
 
 
 def test_jpeg_matches_a_pil_round_trip():

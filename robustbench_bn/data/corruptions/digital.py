@@ -71,7 +71,7 @@ def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     from torchvision.io import decode_jpeg, encode_jpeg
 
     if images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4:
-        interleaved = kernels.to_levels(images, channels_last=True)
+        interleaved = kernels.to_interleaved_levels(images)
     else:
         interleaved = ops.to_uint8(images).permute(0, 2, 3, 1).contiguous().cpu()
     # libjpeg reads interleaved pixels: given channel-first views of them, the encoder's own

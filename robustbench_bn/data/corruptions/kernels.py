@@ -189,53 +189,40 @@ def _resize_separable(image, row_columns, row_weights, col_columns, col_weights,
                 out[channel, row, col] = total
 
 
+@numba.njit(inline="always")
+def _clamped_level(value):  # pragma: no cover - compiled
+    # The engine's clamp_(0, 1) and quantize_ up to the level (mul 255, add 1e-4, floor,
+    # clamp 255) in float32, in the same order: the same bits as the torch steps.
+    value = np.float32(0.0) if value < 0 else (np.float32(1.0) if value > 1 else value)
+    return min(np.floor(value * np.float32(255.0) + np.float32(1e-4)), np.float32(255.0))
+
+
 @numba.njit(nogil=True, cache=True)
 def _finish(corrupted, out, quantize):  # pragma: no cover - compiled
-    # The engine's clamp_(0, 1) and quantize_ (mul 255, add 1e-4, floor, clamp 255, div 255)
-    # in float32, in the same order, fused into one pass that writes the result.
+    # Clamp, and quantize (the level divided by 255), fused into one pass writing the result.
     low, high = np.float32(0.0), np.float32(1.0)
-    levels, allowance = np.float32(255.0), np.float32(1e-4)
     channels, height, width = corrupted.shape
     for channel in range(channels):
         for row in range(height):
             for col in range(width):
                 value = corrupted[channel, row, col]
-                value = low if value < low else (high if value > high else value)
                 if quantize:
-                    value = np.floor(value * levels + allowance)
-                    value = min(value, levels) / levels
+                    value = _clamped_level(value) / np.float32(255.0)
+                else:
+                    value = low if value < low else (high if value > high else value)
                 out[channel, row, col] = value
 
 
 @numba.njit(nogil=True, cache=True)
-def _to_levels(images, out):  # pragma: no cover - compiled
-    # :func:`.ops.to_uint8`'s float32 steps (clamp, mul 255, add 1e-4, floor, clamp 255) fused.
-    low, high = np.float32(0.0), np.float32(1.0)
-    levels, allowance = np.float32(255.0), np.float32(1e-4)
-    channels, height, width = images.shape
-    for channel in range(channels):
-        for row in range(height):
-            for col in range(width):
-                value = images[channel, row, col]
-                value = low if value < low else (high if value > high else value)
-                out[channel, row, col] = np.uint8(min(np.floor(value * levels + allowance), levels))
-
-
-@numba.njit(nogil=True, cache=True)
 def _to_interleaved_levels(images, out):  # pragma: no cover - compiled
-    # :func:`_to_levels` writing [H, W, C]: a row's planes are quantized along contiguous
-    # memory first, then interleaved, which ran twice as fast as pixel-by-pixel here.
-    low, high = np.float32(0.0), np.float32(1.0)
-    levels, allowance = np.float32(255.0), np.float32(1e-4)
+    # :func:`.ops.to_uint8` of [C, H, W] written as [H, W, C]: a row's planes are quantized
+    # along contiguous memory first, then interleaved, twice as fast as pixel by pixel here.
     channels, height, width = images.shape
     row_levels = np.empty((channels, width), np.uint8)
     for row in range(height):
         for channel in range(channels):
             for col in range(width):
-                value = images[channel, row, col]
-                value = low if value < low else (high if value > high else value)
-                level = min(np.floor(value * levels + allowance), levels)
-                row_levels[channel, col] = np.uint8(level)
+                row_levels[channel, col] = np.uint8(_clamped_level(images[channel, row, col]))
         for col in range(width):
             for channel in range(channels):
                 out[row, col, channel] = row_levels[channel, col]
@@ -286,12 +273,6 @@ def _finish_share(corrupted, out, quantize, first, step):
 
 
 @numba.njit(nogil=True, cache=True)
-def _to_levels_share(images, out, first, step):
-    for index in range(first, images.shape[0], step):  # pragma: no cover - compiled
-        _to_levels(images[index], out[index])
-
-
-@numba.njit(nogil=True, cache=True)
 def _to_interleaved_levels_share(images, out, first, step):
     for index in range(first, images.shape[0], step):  # pragma: no cover - compiled
         _to_interleaved_levels(images[index], out[index])
@@ -335,17 +316,12 @@ def finish(corrupted: torch.Tensor, out: torch.Tensor, quantize: bool) -> None:
     _in_shares(_finish_share, len(corrupted), corrupted.numpy(), out.numpy(), quantize)
 
 
-def to_levels(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """The compiled twin of :func:`.ops.to_uint8` for CPU float32 images [B, C, H, W] (any
-    strides): one pass instead of six. ``channels_last`` returns [B, H, W, C]."""
+def to_interleaved_levels(images: torch.Tensor) -> torch.Tensor:
+    """:func:`.ops.to_uint8` of CPU float32 images [B, C, H, W] (any strides), compiled and
+    returned interleaved, [B, H, W, C]: one pass instead of six and a permuting copy."""
     batch, channels, height, width = images.shape
-    if channels_last:
-        out = torch.empty((batch, height, width, channels), dtype=torch.uint8)
-        kernel = _to_interleaved_levels_share
-    else:
-        out = torch.empty(images.shape, dtype=torch.uint8)
-        kernel = _to_levels_share
-    _in_shares(kernel, batch, images.contiguous().numpy(), out.numpy())
+    out = torch.empty((batch, height, width, channels), dtype=torch.uint8)
+    _in_shares(_to_interleaved_levels_share, batch, images.contiguous().numpy(), out.numpy())
     return out
 
 
