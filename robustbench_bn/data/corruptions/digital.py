@@ -124,6 +124,21 @@ def elastic_transform(images: torch.Tensor, parameter, generators: Generators, f
     ).transpose(1, 2)
     bottom = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(batch, 1, 3)
     inverse = torch.linalg.inv(torch.cat([forward, bottom], 1))
+    fields = None
+    if alpha != 0:
+        fields = ops.gaussian_filter(field_draws.double(), sigma, mode="reflect", truncate=3.0)
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        return kernels.elastic_resample(images, inverse, fields, alpha)
+    return elastic_by_tensor_operations(images, inverse, fields, alpha)
+
+
+def elastic_by_tensor_operations(
+    images: torch.Tensor, inverse: torch.Tensor, fields: torch.Tensor | None, alpha: float
+) -> torch.Tensor:
+    """:func:`elastic_transform`'s two resamplings with torch.grid_sample (any device):
+    ``inverse`` [B, 3, 3] maps output pixels (x, y, 1) to affine-warp sources, ``fields``
+    [B, 2 (dx, dy), H, W] are the smoothed displacements before scaling by ``alpha``."""
+    batch, _, height, width = images.shape
     rows, cols = torch.meshgrid(
         torch.arange(height, dtype=torch.float64),
         torch.arange(width, dtype=torch.float64),
@@ -132,9 +147,8 @@ def elastic_transform(images: torch.Tensor, parameter, generators: Generators, f
     pixels = torch.stack([cols, rows, torch.ones_like(rows)], -1).view(1, -1, 3)
     mapped = (pixels @ inverse.transpose(1, 2)).view(batch, height, width, 3)
     warped = _resample(images, mapped[..., 1], mapped[..., 0], align_corners=True)
-    if alpha == 0:
+    if fields is None:
         return warped
-    fields = ops.gaussian_filter(field_draws.double(), sigma, mode="reflect", truncate=3.0)
     fields = (fields * alpha).float()
     return _resample(warped, rows + fields[:, 1], cols + fields[:, 0], align_corners=False)
 

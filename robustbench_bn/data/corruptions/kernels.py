@@ -18,6 +18,7 @@ import numba
 import numpy as np
 import torch
 
+from robustbench_bn.data.corruptions.ops import border_index
 from robustbench_bn.data.corruptions.sampling import run_in_shares
 
 
@@ -373,3 +374,267 @@ def glass_sweeps(pixels: torch.Tensor, shifts: torch.Tensor, delta: int) -> torc
     shifts = shifts.contiguous()
     _in_shares(_glass_sweeps_share, len(moved), moved.numpy(), shifts.numpy(), delta)
     return moved
+
+
+@numba.njit(nogil=True, cache=True)
+def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out):
+    # pragma: no cover - compiled
+    # Along rows, then along columns, each output the sum of its taps in increasing order
+    # (:func:`.ops.correlate1d`'s shifted adds), tap by tap over contiguous rows so the inner
+    # loops vectorize. ``row_sources`` / ``col_sources`` map padded positions to image ones.
+    height, width = plane.shape
+    count = taps.shape[0]
+    for row in range(height):
+        for position in range(width + count - 1):
+            padded[position] = plane[row, col_sources[position]]
+        weight = taps[0]
+        for col in range(width):
+            across[row, col] = padded[col] * weight
+        for tap in range(1, count):
+            weight = taps[tap]
+            for col in range(width):
+                across[row, col] += padded[col + tap] * weight
+    for row in range(height):
+        weight = taps[0]
+        source = row_sources[row]
+        for col in range(width):
+            out[row, col] = across[source, col] * weight
+        for tap in range(1, count):
+            weight = taps[tap]
+            source = row_sources[row + tap]
+            for col in range(width):
+                out[row, col] += across[source, col] * weight
+
+
+@numba.njit(nogil=True, cache=True)
+def _separable_filter_share(planes, taps, row_sources, col_sources, out, first, step):
+    # pragma: no cover - compiled
+    height, width = planes.shape[1], planes.shape[2]
+    across = np.empty((height, width), planes.dtype)
+    padded = np.empty(width + taps.shape[0] - 1, planes.dtype)
+    for index in range(first, planes.shape[0], step):
+        _separable_filter(planes[index], taps, row_sources, col_sources, across, padded, out[index])
+
+
+def separable_filter(images: torch.Tensor, taps: torch.Tensor, mode: str) -> torch.Tensor:
+    """The compiled twin of correlating the last axis, then the second-to-last, with the same
+    odd-length ``taps`` (:func:`.ops.gaussian_filter`), for CPU float32 / float64 tensors
+    [..., H, W]; borders in ``mode`` (scipy's names), any radius. One pass per axis with all
+    taps, where the tensor version makes a full memory pass per tap."""
+    height, width = images.shape[-2:]
+    radius = len(taps) // 2
+    row_sources = border_index(torch.arange(-radius, height + radius), height, mode)
+    col_sources = border_index(torch.arange(-radius, width + radius), width, mode)
+    planes = images.reshape(-1, height, width).contiguous()
+    out = torch.empty_like(planes)
+    _in_shares(
+        _separable_filter_share,
+        len(planes),
+        planes.numpy(),
+        taps.to(images.dtype).numpy(),
+        row_sources.numpy(),
+        col_sources.numpy(),
+        out.numpy(),
+    )
+    return out.view(images.shape)
+
+
+@numba.njit(nogil=True, cache=True)
+def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
+    # :func:`.weather.plasma_fractal` cell by cell: the same sums in the same order, the
+    # draws taken in the same order (row-major within each of a step's three grids).
+    size = grid.shape[0]
+    grid[:, :] = 0.0
+    used = 0
+    step = size
+    wibble = 100.0
+    while step >= 2:
+        half = step // 2
+        cells = size // step
+        for row in range(cells):
+            below = ((row + 1) % cells) * step
+            for col in range(cells):
+                right = ((col + 1) % cells) * step
+                total = (grid[row * step, col * step] + grid[below, col * step]) + (
+                    grid[row * step, right] + grid[below, right]
+                )
+                grid[row * step + half, col * step + half] = total / 4 + wibble * (
+                    draws[used] * 2 * wibble - wibble
+                )
+                used += 1
+        for row in range(cells):
+            above = ((row - 1) % cells) * step + half
+            for col in range(cells):
+                right = ((col + 1) % cells) * step
+                total = (
+                    (grid[row * step + half, col * step + half] + grid[above, col * step + half])
+                    + grid[row * step, col * step]
+                ) + grid[row * step, right]
+                grid[row * step, col * step + half] = total / 4 + wibble * (
+                    draws[used] * 2 * wibble - wibble
+                )
+                used += 1
+        for row in range(cells):
+            below = ((row + 1) % cells) * step
+            for col in range(cells):
+                left = ((col - 1) % cells) * step + half
+                total = (
+                    (grid[row * step + half, col * step + half] + grid[row * step + half, left])
+                    + grid[row * step, col * step]
+                ) + grid[below, col * step]
+                grid[row * step + half, col * step] = total / 4 + wibble * (
+                    draws[used] * 2 * wibble - wibble
+                )
+                used += 1
+        step //= 2
+        wibble /= wibble_decay
+    lowest = grid.min()
+    grid -= lowest
+    grid /= grid.max()
+
+
+@numba.njit(nogil=True, cache=True)
+def _plasma_share(draws, wibble_decay, grids, first, step):
+    for index in range(first, draws.shape[0], step):  # pragma: no cover - compiled
+        _plasma_fractal(draws[index], wibble_decay, grids[index])
+
+
+@numba.njit(nogil=True, cache=True)
+def _fog_share(images, plasma, amount, out, first, step):  # pragma: no cover - compiled
+    # :func:`.weather.fog`'s blend in float32, in the tensor version's order.
+    channels, height, width = images.shape[1:]
+    for index in range(first, images.shape[0], step):
+        peak = images[index].max()
+        divisor = peak + amount
+        for channel in range(channels):
+            for row in range(height):
+                for col in range(width):
+                    fogged = images[index, channel, row, col] + amount * np.float32(
+                        plasma[index, row, col]
+                    )
+                    out[index, channel, row, col] = fogged * peak / divisor
+
+
+def plasma_fractal(draws: torch.Tensor, size: int, wibble_decay: float) -> torch.Tensor:
+    """The compiled twin of :func:`.weather.plasma_fractal` from its uniform draws
+    [B, size^2 - 1] (float64): [B, size, size] float64, the same bits."""
+    grids = torch.empty((len(draws), size, size), dtype=torch.float64)
+    _in_shares(
+        _plasma_share, len(draws), draws.contiguous().numpy(), float(wibble_decay), grids.numpy()
+    )
+    return grids
+
+
+def fog_blend(images: torch.Tensor, plasma: torch.Tensor, amount: float) -> torch.Tensor:
+    """The compiled twin of :func:`.weather.fog`'s blend of float32 images [B, C, H, W] with
+    plasma [B, >= H, >= W] (float64): (x + amount * plasma) * peak / (peak + amount)."""
+    out = torch.empty(images.shape, dtype=torch.float32)
+    _in_shares(
+        _fog_share,
+        len(images),
+        images.contiguous().numpy(),
+        plasma.numpy(),
+        np.float32(amount),
+        out.numpy(),
+    )
+    return out
+
+
+@numba.njit(inline="always")
+def _reflected(coordinate, low, span, size):  # pragma: no cover - compiled
+    # torch.grid_sample's padding_mode="reflection": reflect about [low, low + span] (edge
+    # pixel centres, or their outer edges), then clip onto the pixel centres [0, size - 1].
+    if 0.0 <= coordinate <= size - 1.0:
+        return coordinate  # inside: neither reflected nor clipped
+    if span <= 0:
+        return 0.0
+    distance = abs(coordinate - low)
+    flips = np.floor(distance / span)
+    extra = distance - flips * span
+    if flips % 2 == 0:
+        coordinate = low + extra
+    else:
+        coordinate = low + span - extra
+    return min(max(coordinate, 0.0), size - 1.0)
+
+
+@numba.njit(inline="always")
+def _bilinear_row(image, out, row, source_rows, source_cols, tops, lefts):
+    # pragma: no cover - compiled
+    # One output row, every channel, from source positions already inside the pixel
+    # centres: positions first, then a gather per channel along contiguous output (a tap
+    # past the last pixel has weight 0 and reads the last pixel instead).
+    channels, height, width = image.shape
+    for col in range(out.shape[2]):
+        tops[col] = int(source_rows[col])
+        lefts[col] = int(source_cols[col])
+        source_rows[col] -= tops[col]
+        source_cols[col] -= lefts[col]
+    for channel in range(channels):
+        plane = image[channel]
+        for col in range(out.shape[2]):
+            top, left = tops[col], lefts[col]
+            bottom, right = min(top + 1, height - 1), min(left + 1, width - 1)
+            down, across = source_rows[col], source_cols[col]
+            out[channel, row, col] = np.float32(
+                (1 - down) * ((1 - across) * plane[top, left] + across * plane[top, right])
+                + down * ((1 - across) * plane[bottom, left] + across * plane[bottom, right])
+            )
+
+
+@numba.njit(nogil=True, cache=True)
+def _elastic_share(images, inverse, fields, alpha, out, first, step):
+    # pragma: no cover - compiled
+    # Per image: the affine warp sampled at every pixel (align_corners: reflection about the
+    # edge pixels' centres), then the warped image sampled at pixel + alpha * field
+    # (reflection about the outer edges), both bilinear as torch.grid_sample.
+    channels, height, width = images.shape[1:]
+    warped = np.empty((channels, height, width), np.float32)
+    source_rows = np.empty(width, np.float64)
+    source_cols = np.empty(width, np.float64)
+    tops = np.empty(width, np.int64)
+    lefts = np.empty(width, np.int64)
+    for index in range(first, images.shape[0], step):
+        matrix = inverse[index]
+        image = images[index]
+        target = warped if alpha != 0 else out[index]
+        for row in range(height):
+            for col in range(width):
+                x = matrix[0, 0] * col + matrix[0, 1] * row + matrix[0, 2]
+                y = matrix[1, 0] * col + matrix[1, 1] * row + matrix[1, 2]
+                source_rows[col] = _reflected(y, 0.0, height - 1.0, height)
+                source_cols[col] = _reflected(x, 0.0, width - 1.0, width)
+            _bilinear_row(image, target, row, source_rows, source_cols, tops, lefts)
+        if alpha == 0:
+            continue
+        for row in range(height):
+            for col in range(width):
+                y = row + np.float64(np.float32(fields[index, 1, row, col] * alpha))
+                x = col + np.float64(np.float32(fields[index, 0, row, col] * alpha))
+                source_rows[col] = _reflected(y, -0.5, float(height), height)
+                source_cols[col] = _reflected(x, -0.5, float(width), width)
+            _bilinear_row(warped, out[index], row, source_rows, source_cols, tops, lefts)
+
+
+def elastic_resample(
+    images: torch.Tensor, inverse: torch.Tensor, fields: torch.Tensor | None, alpha: float
+) -> torch.Tensor:
+    """The compiled twin of :func:`.digital.elastic_transform`'s two bilinear resamplings
+    for CPU float32 images [B, C, H, W]: ``inverse`` [B, 2, 3] maps output pixels (x, y) to
+    affine-warp sources, ``fields`` [B, 2 (dx, dy), H, W] (float64) are the displacements
+    before scaling by ``alpha`` (None when alpha is 0)."""
+    batch, _, height, width = images.shape
+    if fields is None:
+        fields = torch.zeros((batch, 2, 1, 1), dtype=torch.float64)
+        alpha = 0.0
+    out = torch.empty(images.shape, dtype=torch.float32)
+    _in_shares(
+        _elastic_share,
+        batch,
+        images.contiguous().numpy(),
+        inverse[:, :2].contiguous().double().numpy(),
+        fields.contiguous().numpy(),
+        float(alpha),
+        out.numpy(),
+    )
+    return out

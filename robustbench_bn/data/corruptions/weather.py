@@ -13,7 +13,7 @@ from importlib import resources
 
 import torch
 
-from robustbench_bn.data.corruptions import ops, sampling
+from robustbench_bn.data.corruptions import kernels, ops, sampling
 from robustbench_bn.data.corruptions.parameters import FROST_RESIZE
 from robustbench_bn.data.corruptions.sampling import Generators
 
@@ -111,8 +111,17 @@ def plasma_fractal(generators: Generators, size: int, wibble_decay: float) -> to
     """Diamond-square fractal noise on a toroidal size x size grid (size a power of two),
     normalised to [0, 1]: [B, size, size] float64. Every cell is filled exactly once, so each
     image draws its size^2 - 1 uniforms in one call."""
-    batch = len(generators)
     draws = sampling.uniform(generators, (size * size - 1,), dtype=torch.float64)
+    if draws.device.type == "cpu":
+        return kernels.plasma_fractal(draws, size, wibble_decay)
+    return _plasma_by_tensor_operations(draws, size, wibble_decay)
+
+
+def _plasma_by_tensor_operations(
+    draws: torch.Tensor, size: int, wibble_decay: float
+) -> torch.Tensor:
+    """:func:`plasma_fractal` from its draws in whole-grid tensor operations (any device)."""
+    batch = len(draws)
     grid = torch.zeros(batch, size, size, dtype=torch.float64)
     used = 0
     step = size
@@ -146,7 +155,10 @@ def fog(images: torch.Tensor, parameter, generators: Generators, family: str):
     amount, wibble_decay = parameter
     height, width = images.shape[-2:]
     size = 1 << math.ceil(math.log2(max(height, width)))
-    plasma = plasma_fractal(generators, size, float(wibble_decay))[:, None, :height, :width]
+    plasma = plasma_fractal(generators, size, float(wibble_decay))
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        return kernels.fog_blend(images, plasma, float(amount))
+    plasma = plasma[:, None, :height, :width]
     peak = images.amax((1, 2, 3), keepdim=True)
     fogged = images + amount * plasma.to(images.dtype)
     return fogged * peak / (peak + amount)
