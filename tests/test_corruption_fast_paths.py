@@ -258,3 +258,43 @@ def test_compiled_elastic_resampling_equals_grid_sample(family, size, monkeypatc
         # grid_sample normalises coordinates in float32: positions agree to ~1e-6 pixels.
         assert torch.allclose(compiled, tensor_version, rtol=0, atol=1e-4), severity
         assert float((compiled - images).abs().mean()) > 0.01  # the warp moved pixels
+
+
+@pytest.mark.parametrize("family,size", [("imagenet", 224), ("tiny_imagenet", 64), ("cifar", 45)])
+def test_compiled_zoom_blur_equals_interpolate(family, size):
+    from robustbench_bn.data.corruptions.parameters import TABLES
+
+    images = ops.quantize(ops.gaussian_filter(torch.rand(2, 3, size, size), 1.0))
+    for factors in TABLES[family]["zoom_blur"]:
+        compiled = blur.zoom_blur(images, factors, None, family)
+        interpolated = blur.zoom_blur_by_tensor_operations(images, factors)
+        # The same taps and weights; the blend's rounding order differs (float32).
+        assert torch.allclose(compiled, interpolated, rtol=0, atol=1e-6)
+        assert float((compiled - images).abs().mean()) > 1e-3
+
+
+def test_compiled_impulse_noise_equals_the_selection():
+    images = ops.quantize(torch.rand(3, 3, 40, 36))
+    draws = sampling.uniform(sampling.generators_for(torch.arange(3)), (2, 3, 40, 36))
+    for amount in (0.03, 0.27):
+        expected = torch.where(draws[:, 0] < amount, (draws[:, 1] < 0.5).float(), images)
+        assert torch.equal(kernels.impulse_noise(images, draws, amount), expected)
+
+
+@pytest.mark.parametrize("size", [224, 45])
+def test_compiled_motion_blur_equals_the_fft_convolution(size, monkeypatch):
+    images = ops.quantize(torch.rand(3, 3, size, size))
+    angles = torch.tensor([-44.0, 7.5, 30.0], dtype=torch.float64)
+    for radius, sigma in ((10, 3.0), (20, 15.0)):  # at 45 px some taps leave the image
+        compiled = ops.motion_blur(images, radius, sigma, angles)
+        with monkeypatch.context() as patched:
+            patched.setattr(
+                kernels,
+                "motion_blur",
+                lambda x, shifts, weights: ops._motion_blur_by_fft(
+                    x, shifts[..., 0], shifts[..., 1], weights
+                ),
+            )
+            by_fft = ops.motion_blur(images, radius, sigma, angles)
+        assert torch.allclose(compiled, by_fft, rtol=0, atol=2e-6)
+        assert float((compiled - images).abs().mean()) > 0.05

@@ -120,6 +120,15 @@ def motion_blur(images: torch.Tensor, parameter, generators: Generators, family:
 
 
 def zoom_blur(images: torch.Tensor, factors, generators: Generators, family: str):
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        height, width = images.shape[-2:]
+        factors = tuple(float(factor) for factor in factors)
+        return kernels.zoom_blur(images, ops.clipped_zoom_tables(height, width, factors))
+    return zoom_blur_by_tensor_operations(images, factors)
+
+
+def zoom_blur_by_tensor_operations(images: torch.Tensor, factors) -> torch.Tensor:
+    """:func:`zoom_blur` with F.interpolate (any device)."""
     total = images.clone()
     for factor in factors:
         total += ops.clipped_zoom(images, factor)

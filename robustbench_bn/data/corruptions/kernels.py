@@ -380,30 +380,35 @@ def glass_sweeps(pixels: torch.Tensor, shifts: torch.Tensor, delta: int) -> torc
 def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out):
     # pragma: no cover - compiled
     # Along rows, then along columns, each output the sum of its taps in increasing order
-    # (:func:`.ops.correlate1d`'s shifted adds), tap by tap over contiguous rows so the inner
-    # loops vectorize. ``row_sources`` / ``col_sources`` map padded positions to image ones.
+    # (:func:`.ops.correlate1d`'s shifted adds), tap by tap over contiguous rows. The loops
+    # index slices from 0 so numba drops its negative-index wraparound and they vectorize.
+    # ``row_sources`` / ``col_sources`` map padded positions to image ones.
     height, width = plane.shape
     count = taps.shape[0]
     for row in range(height):
+        source = plane[row]
         for position in range(width + count - 1):
-            padded[position] = plane[row, col_sources[position]]
+            padded[position] = source[col_sources[position]]
+        line = across[row]
         weight = taps[0]
         for col in range(width):
-            across[row, col] = padded[col] * weight
+            line[col] = padded[col] * weight
         for tap in range(1, count):
             weight = taps[tap]
+            window = padded[tap : tap + width]
             for col in range(width):
-                across[row, col] += padded[col + tap] * weight
+                line[col] += window[col] * weight
     for row in range(height):
+        line = out[row]
         weight = taps[0]
-        source = row_sources[row]
+        source = across[row_sources[row]]
         for col in range(width):
-            out[row, col] = across[source, col] * weight
+            line[col] = source[col] * weight
         for tap in range(1, count):
             weight = taps[tap]
-            source = row_sources[row + tap]
+            source = across[row_sources[row + tap]]
             for col in range(width):
-                out[row, col] += across[source, col] * weight
+                line[col] += source[col] * weight
 
 
 @numba.njit(nogil=True, cache=True)
@@ -635,6 +640,135 @@ def elastic_resample(
         inverse[:, :2].contiguous().double().numpy(),
         fields.contiguous().numpy(),
         float(alpha),
+        out.numpy(),
+    )
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _zoom_blur_share(images, rows, row_weights, cols, col_weights, out, first, step):
+    # pragma: no cover - compiled
+    # The image plus each factor's zoom, over (1 + factors): per zoom and output row, the two
+    # source rows blended first (contiguous, vectorizes), then the two columns gathered.
+    channels, height, width = images.shape[1:]
+    factors = rows.shape[0]
+    blended = np.empty(width, np.float32)
+    scale = np.float32(1.0) / np.float32(factors + 1)
+    for index in range(first, images.shape[0], step):
+        for channel in range(channels):
+            plane = images[index, channel]
+            target = out[index, channel]
+            target[:, :] = plane
+            for factor in range(factors):
+                for row in range(height):
+                    upper, lower = rows[factor, row, 0], rows[factor, row, 1]
+                    down = row_weights[factor, row]
+                    up = np.float32(1.0) - down
+                    for col in range(width):
+                        blended[col] = plane[upper, col] * up + plane[lower, col] * down
+                    for col in range(width):
+                        across = col_weights[factor, col]
+                        target[row, col] += (
+                            blended[cols[factor, col, 0]] * (np.float32(1.0) - across)
+                            + blended[cols[factor, col, 1]] * across
+                        )
+            for row in range(height):
+                for col in range(width):
+                    target[row, col] *= scale
+
+
+def zoom_blur(images: torch.Tensor, tables) -> torch.Tensor:
+    """The compiled twin of :func:`.blur.zoom_blur` for CPU float32 images [B, C, H, W]:
+    ``tables`` from :func:`.ops.clipped_zoom_tables` for every factor."""
+    rows, row_weights, cols, col_weights = tables
+    out = torch.empty(images.shape, dtype=torch.float32)
+    _in_shares(
+        _zoom_blur_share,
+        len(images),
+        images.contiguous().numpy(),
+        rows.numpy(),
+        row_weights.numpy(),
+        cols.numpy(),
+        col_weights.numpy(),
+        out.numpy(),
+    )
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _impulse_share(images, draws, amount, out, first, step):  # pragma: no cover - compiled
+    # :func:`.noise.impulse_noise`'s selection: replaced where the first draw < amount, by
+    # salt (1) where the second < 0.5, else pepper (0).
+    for index in range(first, images.shape[0], step):
+        pixels = images[index].ravel()
+        replace = draws[index, 0].ravel()
+        salt = draws[index, 1].ravel()
+        target = out[index].ravel()
+        for position in range(pixels.shape[0]):
+            if replace[position] < amount:
+                target[position] = np.float32(1.0) if salt[position] < 0.5 else np.float32(0.0)
+            else:
+                target[position] = pixels[position]
+
+
+def impulse_noise(images: torch.Tensor, draws: torch.Tensor, amount: float) -> torch.Tensor:
+    """The compiled twin of :func:`.noise.impulse_noise`'s selection for CPU float32 images
+    [B, C, H, W] and their uniform draws [B, 2, C, H, W]."""
+    out = torch.empty(images.shape, dtype=torch.float32)
+    _in_shares(
+        _impulse_share,
+        len(images),
+        images.contiguous().numpy(),
+        draws.contiguous().numpy(),
+        np.float32(amount),
+        out.numpy(),
+    )
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _motion_blur_share(images, shifts, weights, out, first, step):  # pragma: no cover - compiled
+    # out(p) = sum_k weight_k * image(p - shift_k), indices clamped onto the image (edges
+    # replicated): tap by tap over whole rows, the clamped edge columns apart from the
+    # contiguous middle, so the inner loop vectorizes.
+    channels, height, width = images.shape[1:]
+    for index in range(first, images.shape[0], step):
+        for channel in range(channels):
+            plane = images[index, channel]
+            target = out[index, channel]
+            target[:, :] = 0.0
+            for tap in range(shifts.shape[1]):
+                weight = np.float32(weights[index, tap])
+                if weight == 0:
+                    continue
+                shift_row, shift_col = shifts[index, tap, 0], shifts[index, tap, 1]
+                start = min(max(shift_col, 0), width)  # first column reading col - shift_col
+                stop = max(min(width + shift_col, width), start)  # past the last such column
+                for row in range(height):
+                    source = plane[min(max(row - shift_row, 0), height - 1)]
+                    line = target[row]
+                    for col in range(start):
+                        line[col] += weight * source[0]
+                    middle = line[start:stop]
+                    shifted = source[start - shift_col : stop - shift_col]
+                    for col in range(stop - start):
+                        middle[col] += weight * shifted[col]
+                    for col in range(stop, width):
+                        line[col] += weight * source[width - 1]
+
+
+def motion_blur(images: torch.Tensor, shifts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The compiled twin of :func:`.ops.motion_blur`'s convolution for CPU float32 images
+    [B, C, H, W]: per image, taps at ``shifts`` [B, K, (dy, dx)] with ``weights`` [B, K],
+    edges replicated. Directly, tap by tap, where the tensor version pads and goes through
+    the FFT."""
+    out = torch.empty(images.shape, dtype=torch.float32)
+    _in_shares(
+        _motion_blur_share,
+        len(images),
+        images.contiguous().numpy(),
+        shifts.contiguous().numpy(),
+        weights.contiguous().double().numpy(),
         out.numpy(),
     )
     return out

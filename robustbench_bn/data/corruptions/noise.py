@@ -29,6 +29,8 @@ def impulse_noise(images: torch.Tensor, amount: float, generators: Generators, f
     # skimage.util.random_noise(mode="s&p"): every element (channels separately) is replaced
     # with probability ``amount``, by salt (1) or pepper (0) with equal odds.
     draws = sampling.uniform(generators, (2, *images.shape[1:]))
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        return kernels.impulse_noise(images, draws, float(amount))
     replaced = draws[:, 0] < amount
     salt = (draws[:, 1] < 0.5).to(images.dtype)
     return torch.where(replaced, salt, images)

@@ -276,6 +276,19 @@ def motion_blur(
     # The reference stops at the first tap that leaves the image; later taps only go further.
     keep = torch.cumsum(too_far.long(), 1) == 0
     batch_weights = torch.where(keep, weights.expand_as(shift_x), torch.zeros(()).double())
+    if images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4:
+        from robustbench_bn.data.corruptions import kernels
+
+        return kernels.motion_blur(images, torch.stack([shift_y, shift_x], -1), batch_weights)
+    return _motion_blur_by_fft(images, shift_y, shift_x, batch_weights)
+
+
+def _motion_blur_by_fft(
+    images: torch.Tensor, shift_y: torch.Tensor, shift_x: torch.Tensor, batch_weights
+) -> torch.Tensor:
+    """:func:`motion_blur`'s convolution through one padded FFT (any device)."""
+    height, width = images.shape[-2:]
+    kernel_width = shift_y.shape[1]
     margin = kernel_width - 1
     # Taps reach back ``margin`` pixels at most; the far border only rounds the FFT length up.
     bottom = fast_fft_size(height + 2 * margin) - height - margin
@@ -312,6 +325,38 @@ def clipped_zoom(images: torch.Tensor, factor: float) -> torch.Tensor:
     trim_top = (zoomed_height - height) // 2
     trim_left = (zoomed_width - width) // 2
     return zoomed[..., trim_top : trim_top + height, trim_left : trim_left + width]
+
+
+def _zoom_axis_table(size: int, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One axis of :func:`clipped_zoom` as (source pixel pairs [size, 2], weight of the
+    second [size]), in the original image's coordinates: F.interpolate's align_corners
+    source positions, computed in float32 as torch does."""
+    crop = math.ceil(size / factor)
+    start = (size - crop) // 2
+    zoomed = round(crop * factor)
+    trim = (zoomed - size) // 2
+    scale = torch.tensor((crop - 1) / (zoomed - 1) if zoomed > 1 else 0.0, dtype=torch.float32)
+    positions = scale * torch.arange(trim, trim + size, dtype=torch.float32)
+    first = positions.long()
+    second = first + (first < crop - 1).long()
+    pairs = torch.stack([first, second], 1) + start
+    return pairs, positions - first
+
+
+@cached_per_device
+def clipped_zoom_tables(
+    height: int, width: int, factors: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source rows [F, H, 2], row weights [F, H], source columns [F, W, 2] and column weights
+    [F, W] of :func:`clipped_zoom` at each factor (the compiled zoom blur's tables)."""
+    row_tables = [_zoom_axis_table(height, factor) for factor in factors]
+    col_tables = [_zoom_axis_table(width, factor) for factor in factors]
+    return (
+        torch.stack([pairs for pairs, _ in row_tables]),
+        torch.stack([weights for _, weights in row_tables]),
+        torch.stack([pairs for pairs, _ in col_tables]),
+        torch.stack([weights for _, weights in col_tables]),
+    )
 
 
 @cached_per_device
