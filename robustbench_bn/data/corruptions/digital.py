@@ -126,7 +126,8 @@ def elastic_transform(images: torch.Tensor, parameter, generators: Generators, f
     inverse = torch.linalg.inv(torch.cat([forward, bottom], 1))
     fields = None
     if alpha != 0:
-        fields = ops.gaussian_filter(field_draws.double(), sigma, mode="reflect", truncate=3.0)
+        # float32 like the draws: the fields are scaled and cast to float32 anyway.
+        fields = ops.gaussian_filter(field_draws, sigma, mode="reflect", truncate=3.0)
     if images.device.type == "cpu" and images.dtype == torch.float32:
         return kernels.elastic_resample(images, inverse, fields, alpha)
     return elastic_by_tensor_operations(images, inverse, fields, alpha)

@@ -626,11 +626,11 @@ def elastic_resample(
 ) -> torch.Tensor:
     """The compiled twin of :func:`.digital.elastic_transform`'s two bilinear resamplings
     for CPU float32 images [B, C, H, W]: ``inverse`` [B, 2, 3] maps output pixels (x, y) to
-    affine-warp sources, ``fields`` [B, 2 (dx, dy), H, W] (float64) are the displacements
+    affine-warp sources, ``fields`` [B, 2 (dx, dy), H, W] are the displacements
     before scaling by ``alpha`` (None when alpha is 0)."""
     batch, _, height, width = images.shape
     if fields is None:
-        fields = torch.zeros((batch, 2, 1, 1), dtype=torch.float64)
+        fields = torch.zeros((batch, 2, 1, 1), dtype=torch.float32)
         alpha = 0.0
     out = torch.empty(images.shape, dtype=torch.float32)
     _in_shares(

@@ -183,7 +183,13 @@ def gaussian_filter(
     images: torch.Tensor, sigma: float, mode: str = "nearest", truncate: float = 4.0
 ) -> torch.Tensor:
     """scipy.ndimage.gaussian_filter over the last two axes (skimage.filters.gaussian's core)."""
-    taps = gaussian_taps(float(sigma), float(truncate))
+    return separable_correlate(images, gaussian_taps(float(sigma), float(truncate)), mode)
+
+
+def separable_correlate(images: torch.Tensor, taps: torch.Tensor, mode: str) -> torch.Tensor:
+    """Correlate the last axis, then the second-to-last, with the same odd-length ``taps``,
+    borders in ``mode``: compiled on the CPU where the shifted adds would make a memory
+    pass per tap."""
     if (
         images.device.type == "cpu"
         and images.dtype in (torch.float32, torch.float64)

@@ -61,8 +61,7 @@ def _water(images: torch.Tensor, liquid: torch.Tensor, strength: float):
 
 def _box3(planes: torch.Tensor) -> torch.Tensor:
     """cv2.blur(x, (3, 3)): 3x3 mean, BORDER_REFLECT_101."""
-    taps = torch.full((3,), 1 / 3, dtype=torch.float64)
-    return ops.correlate1d(ops.correlate1d(planes, taps, -1, "mirror"), taps, -2, "mirror")
+    return ops.separable_correlate(planes, torch.full((3,), 1 / 3, dtype=torch.float64), "mirror")
 
 
 def canny(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
