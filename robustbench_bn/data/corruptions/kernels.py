@@ -106,33 +106,60 @@ def _canny(plane, low, high, edges):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def _distance_to_edges(edges, cap, distance):  # pragma: no cover - compiled
-    # min(cap, Euclidean distance to the nearest edge): the torch path's capped row distances
-    # and column pass, stopping a pixel's search once the row offset alone exceeds its best.
+    # min(cap, Euclidean distance to the nearest edge): the torch path's capped row distances,
+    # then per column the lower envelope of the parabolas (row - source)^2 + along[source]^2
+    # (Felzenszwalb & Huttenlocher 2012, "Distance Transforms of Sampled Functions"), linear
+    # in the height. Sources beyond the cap cannot win (a pixel's own capped value is at most
+    # cap^2), so the minimum is the capped search's. Squares are integers and intersections
+    # ratios of small integers, so float64 compares them exactly: the same integer minimum.
     height, width = edges.shape
-    along = np.empty((height, width), np.int64)
+    # Squared capped row distances, stored column by column for the column pass.
+    squares = np.empty((width, height), np.int64)
+    along = np.empty(width, np.int64)
     for row in range(height):
         last = -(10**6)
         for col in range(width):
             if edges[row, col]:
                 last = col
-            along[row, col] = col - last
+            along[col] = col - last
         last = width - 1 + 10**6
         for col in range(width - 1, -1, -1):
             if edges[row, col]:
                 last = col
-            along[row, col] = min(min(along[row, col], last - col), cap)
-    for row in range(height):
-        for col in range(width):
-            best = along[row, col] ** 2
-            offset = 1
-            while offset <= cap and offset * offset < best:
-                for source in (row - offset, row + offset):
-                    if 0 <= source < height:
-                        candidate = along[source, col] ** 2 + offset * offset
-                    else:
-                        candidate = cap * cap + offset * offset
-                    best = min(best, candidate)
-                offset += 1
+            nearest = min(min(along[col], last - col), cap)
+            squares[col, row] = nearest * nearest
+    sources = np.empty(height, np.int64)
+    bounds = np.empty(height + 1, np.float64)
+    for col in range(width):
+        values = squares[col]
+        count = 0
+        sources[0] = 0
+        bounds[0] = -np.inf
+        bounds[1] = np.inf
+        for row in range(1, height):
+            while True:
+                source = sources[count]
+                crossing = ((values[row] + row * row) - (values[source] + source * source)) / (
+                    2.0 * (row - source)
+                )
+                if crossing <= bounds[count] and count > 0:
+                    count -= 1
+                    continue
+                break
+            if crossing <= bounds[count]:  # count == 0: the new parabola is lower everywhere
+                sources[0] = row
+                bounds[1] = np.inf
+                continue
+            count += 1
+            sources[count] = row
+            bounds[count] = crossing
+            bounds[count + 1] = np.inf
+        count = 0
+        for row in range(height):
+            while bounds[count + 1] < row:
+                count += 1
+            source = sources[count]
+            best = (row - source) * (row - source) + values[source]
             distance[row, col] = np.sqrt(np.float64(best))
 
 
