@@ -1,13 +1,17 @@
 """CPU kernels compiled with numba for the kinds of step torch does slowly: a table walk per
 pixel (shot noise's inverse-CDF lookup), a sequential sweep whose every step reads the previous
-ones (glass blur's local pixel moves) and the per-pixel neighbourhood logic of spatter's Canny
-edges and capped distance transform.
+ones (glass blur's local pixel moves), the per-pixel neighbourhood logic of spatter's Canny
+edges and capped distance transform, and chains of whole-tensor passes that one loop does with
+the data in cache (separable filters, motion and zoom blur, bilinear resampling, fog's plasma
+fractal, the final clamp-and-quantize).
 
 Each kernel handles one image and releases the GIL; a compiled loop per thread's share of the
 batch runs it on the draw pool's threads. The torch implementations beside them (used on other
-devices) compute the same numbers; tests/test_corruption_fast_paths.py checks that they agree.
-Compiled code is cached on disk (numba's ``cache=True``), so only the first use on a machine
-pays the compilation (a few seconds).
+devices) compute the same numbers, bit for bit or within float32 rounding as each says;
+tests/test_corruption_fast_paths.py checks that they agree. Inner loops index slices from 0,
+which lets numba drop its negative-index wraparound and vectorize them. Compiled code is
+cached on disk (numba's ``cache=True``), so only the first use on a machine pays the
+compilation (a few seconds).
 """
 
 from __future__ import annotations
