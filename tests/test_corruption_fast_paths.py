@@ -100,7 +100,18 @@ def test_threaded_draws_equal_a_serial_loop():
 
 
 @pytest.mark.parametrize(
-    "name", ["glass_blur", "shot_noise", "gaussian_blur", "spatter", "jpeg_compression"]
+    "name",
+    [
+        "glass_blur",
+        "shot_noise",
+        "gaussian_blur",
+        "spatter",
+        "jpeg_compression",
+        "motion_blur",
+        "zoom_blur",
+        "elastic_transform",
+        "fog",
+    ],
 )
 def test_chunking_does_not_change_results(name, monkeypatch):
     import robustbench_bn.data.corruptions as engine
@@ -109,6 +120,7 @@ def test_chunking_does_not_change_results(name, monkeypatch):
     seeds = image_seeds("chunks", name, 4, 0, torch.arange(6))
     whole = corrupt(images, name, 4, seeds=seeds)
     monkeypatch.setattr(engine, "_CHUNK_PIXELS", 48 * 48 * 2)  # two images per chunk
+    monkeypatch.setattr(engine, "_CHUNK_PIXELS_FOR", {})
     monkeypatch.setattr(engine, "_UNCHUNKED", frozenset())
     assert torch.equal(corrupt(images, name, 4, seeds=seeds), whole)
 
