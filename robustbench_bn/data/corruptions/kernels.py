@@ -314,6 +314,14 @@ def _in_shares(kernel: Callable[..., None], count: int, *arguments) -> None:
     run_in_shares(count, lambda first, step: kernel(*arguments, first, step))
 
 
+def _images_from(kernel: Callable[..., None], images: torch.Tensor, *arguments) -> torch.Tensor:
+    """Run a per-image kernel ``kernel(images, *arguments, out, first, step)`` over the
+    thread shares and return ``out``: float32 of the images' shape."""
+    out = torch.empty(images.shape, dtype=torch.float32)
+    _in_shares(kernel, len(images), images.contiguous().numpy(), *arguments, out.numpy())
+    return out
+
+
 def shot_noise(
     images: torch.Tensor,
     uniforms: torch.Tensor,
@@ -564,16 +572,7 @@ def plasma_fractal(draws: torch.Tensor, size: int, wibble_decay: float) -> torch
 def fog_blend(images: torch.Tensor, plasma: torch.Tensor, amount: float) -> torch.Tensor:
     """The compiled twin of :func:`.weather.fog`'s blend of float32 images [B, C, H, W] with
     plasma [B, >= H, >= W] (float64): (x + amount * plasma) * peak / (peak + amount)."""
-    out = torch.empty(images.shape, dtype=torch.float32)
-    _in_shares(
-        _fog_share,
-        len(images),
-        images.contiguous().numpy(),
-        plasma.numpy(),
-        np.float32(amount),
-        out.numpy(),
-    )
-    return out
+    return _images_from(_fog_share, images, plasma.numpy(), np.float32(amount))
 
 
 @numba.njit(inline="always")
@@ -656,24 +655,19 @@ def elastic_resample(
     images: torch.Tensor, inverse: torch.Tensor, fields: torch.Tensor | None, alpha: float
 ) -> torch.Tensor:
     """The compiled twin of :func:`.digital.elastic_transform`'s two bilinear resamplings
-    for CPU float32 images [B, C, H, W]: ``inverse`` [B, 2, 3] maps output pixels (x, y) to
-    affine-warp sources, ``fields`` [B, 2 (dx, dy), H, W] are the displacements
+    for CPU float32 images [B, C, H, W]: ``inverse`` [B, 3, 3] maps output pixels (x, y, 1)
+    to affine-warp sources, ``fields`` [B, 2 (dx, dy), H, W] are the displacements
     before scaling by ``alpha`` (None when alpha is 0)."""
-    batch, _, height, width = images.shape
     if fields is None:
-        fields = torch.zeros((batch, 2, 1, 1), dtype=torch.float32)
+        fields = torch.zeros((len(images), 2, 1, 1), dtype=torch.float32)
         alpha = 0.0
-    out = torch.empty(images.shape, dtype=torch.float32)
-    _in_shares(
+    return _images_from(
         _elastic_share,
-        batch,
-        images.contiguous().numpy(),
+        images,
         inverse[:, :2].contiguous().double().numpy(),
         fields.contiguous().numpy(),
         float(alpha),
-        out.numpy(),
     )
-    return out
 
 
 @numba.njit(nogil=True, cache=True)
@@ -712,18 +706,14 @@ def zoom_blur(images: torch.Tensor, tables) -> torch.Tensor:
     """The compiled twin of :func:`.blur.zoom_blur` for CPU float32 images [B, C, H, W]:
     ``tables`` from :func:`.ops.clipped_zoom_tables` for every factor."""
     rows, row_weights, cols, col_weights = tables
-    out = torch.empty(images.shape, dtype=torch.float32)
-    _in_shares(
+    return _images_from(
         _zoom_blur_share,
-        len(images),
-        images.contiguous().numpy(),
+        images,
         rows.numpy(),
         row_weights.numpy(),
         cols.numpy(),
         col_weights.numpy(),
-        out.numpy(),
     )
-    return out
 
 
 @numba.njit(nogil=True, cache=True)
@@ -745,16 +735,7 @@ def _impulse_share(images, draws, amount, out, first, step):  # pragma: no cover
 def impulse_noise(images: torch.Tensor, draws: torch.Tensor, amount: float) -> torch.Tensor:
     """The compiled twin of :func:`.noise.impulse_noise`'s selection for CPU float32 images
     [B, C, H, W] and their uniform draws [B, 2, C, H, W]."""
-    out = torch.empty(images.shape, dtype=torch.float32)
-    _in_shares(
-        _impulse_share,
-        len(images),
-        images.contiguous().numpy(),
-        draws.contiguous().numpy(),
-        np.float32(amount),
-        out.numpy(),
-    )
-    return out
+    return _images_from(_impulse_share, images, draws.contiguous().numpy(), np.float32(amount))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -793,13 +774,9 @@ def motion_blur(images: torch.Tensor, shifts: torch.Tensor, weights: torch.Tenso
     [B, C, H, W]: per image, taps at ``shifts`` [B, K, (dy, dx)] with ``weights`` [B, K],
     edges replicated. Directly, tap by tap, where the tensor version pads and goes through
     the FFT."""
-    out = torch.empty(images.shape, dtype=torch.float32)
-    _in_shares(
+    return _images_from(
         _motion_blur_share,
-        len(images),
-        images.contiguous().numpy(),
+        images,
         shifts.contiguous().numpy(),
         weights.contiguous().double().numpy(),
-        out.numpy(),
     )
-    return out
