@@ -92,11 +92,107 @@ def test_shot_noise_falls_back_per_image_off_the_uint8_grid():
 
 def test_threaded_draws_equal_a_serial_loop():
     seeds = torch.tensor([3, 1, 4, 1, 5])
-    threaded = sampling.normal(sampling.generators_for(seeds), (3, 128, 128))
+    threaded = sampling.uniform(sampling.generators_for(seeds), (3, 128, 128))
     serial = torch.stack(
-        [torch.randn(3, 128, 128, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        [torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     )
     assert torch.equal(threaded, serial)
+
+
+def _torch_and_compiled(count, already_drawn, torch_draw, kernel, dtype, *arguments):
+    """(torch's numbers, the compiled ones, whether both generators end in the same state)
+    for ``count`` numbers drawn after ``already_drawn`` uniforms."""
+    reference = torch.Generator().manual_seed(2024 + count)
+    compiled = torch.Generator().manual_seed(2024 + count)
+    torch.rand(already_drawn, generator=reference)
+    torch.rand(already_drawn, generator=compiled)
+    expected = torch_draw(count, reference)
+    state = compiled.get_state()
+    out = torch.empty(count, dtype=dtype)
+    kernel(state.numpy(), out.numpy(), *arguments)
+    compiled.set_state(state)
+    # The generator carries on exactly where torch's would.
+    same_after = torch.equal(torch.rand(7, generator=compiled), torch.rand(7, generator=reference))
+    return expected, out, same_after
+
+
+@pytest.mark.parametrize("count", [16, 33, 624, 1000, 1249, 3 * 64 * 64 + 5])
+@pytest.mark.parametrize("already_drawn", [0, 7, 623])
+def test_compiled_draws_equal_torchs_samplers(count, already_drawn):
+    from robustbench_bn.data.corruptions import mersenne
+
+    def exact(torch_draw, kernel, dtype, *arguments):
+        expected, out, same_after = _torch_and_compiled(
+            count, already_drawn, torch_draw, kernel, dtype, *arguments
+        )
+        assert torch.equal(out, expected), kernel
+        assert same_after, kernel
+
+    exact(lambda n, g: torch.rand(n, generator=g), mersenne.uniform_float32, torch.float32)
+    exact(
+        lambda n, g: torch.rand(n, generator=g, dtype=torch.float64),
+        mersenne.uniform_float64,
+        torch.float64,
+    )
+    for low, span in [
+        (0, 1),
+        (-3, 6),
+        (5, 1000),
+        (0, 1 << 20),
+        (-7, (1 << 20) + 3),
+        (0, (1 << 28) - 1),
+    ]:
+        exact(
+            lambda n, g, low=low, span=span: torch.randint(low, low + span, (n,), generator=g),
+            mersenne.integers,
+            torch.int64,
+            low,
+            span,
+        )
+    for dtype, kernel, tolerance in [
+        # torch's float32 normals use vectorized log / sin / cos, which differ from the
+        # correctly rounded ones by up to one unit in the last place.
+        (torch.float32, mersenne.normal_float32, 2.5e-7),
+        (torch.float64, mersenne.normal_float64, 1e-14),
+    ]:
+        expected, out, same_after = _torch_and_compiled(
+            count,
+            already_drawn,
+            lambda n, g, dtype=dtype: torch.randn(n, generator=g, dtype=dtype),
+            kernel,
+            dtype,
+        )
+        assert same_after, kernel
+        assert torch.allclose(out, expected, rtol=tolerance, atol=tolerance), (
+            kernel,
+            float((out - expected).abs().max()),
+        )
+
+
+def test_engine_draws_use_the_compiled_samplers_with_torchs_numbers():
+    seeds = torch.tensor([11, 12])
+    drawn = sampling.integers(sampling.generators_for(seeds), -2, 2, (3, 40, 40))
+    by_torch = torch.stack(
+        [
+            torch.randint(-2, 2, (3, 40, 40), generator=torch.Generator().manual_seed(int(s)))
+            for s in seeds
+        ]
+    )
+    assert torch.equal(drawn, by_torch)
+    normals = sampling.normal(sampling.generators_for(seeds), (1, 40, 40), dtype=torch.float64)
+    assert torch.allclose(
+        normals,
+        torch.stack(
+            [
+                torch.randn(
+                    1, 40, 40, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64
+                )
+                for s in seeds
+            ]
+        ),
+        rtol=1e-14,
+        atol=1e-14,
+    )
 
 
 @pytest.mark.parametrize(

@@ -13,16 +13,24 @@ A generator fills its numbers one after another on one core (torch's CPU samplin
 split across threads), so large draws are spread over a thread pool, one image per task,
 each writing into its own slice of one preallocated batch: the same bits as a serial loop,
 in about 1/threads of the time (torch releases the GIL while it samples).
+
+Draws of 64 numbers or more do not go through torch's samplers but through the compiled ones
+of :mod:`.mersenne`, which read the generator's state, produce the same numbers (uniforms and
+integers bit for bit, normals within a float rounding step) 5-10 times faster, and write the
+advanced state back, so everything after draws from the generator as before.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+from robustbench_bn.data.corruptions import mersenne
 
 Generators = Sequence[torch.Generator]
 CPU = torch.device("cpu")
@@ -30,6 +38,9 @@ CPU = torch.device("cpu")
 #: Draws of fewer numbers per image than this run in the calling thread: below it, handing
 #: the work to the pool costs more than it saves.
 _SMALLEST_THREADED_DRAW = 1 << 14
+#: Draws of fewer numbers than this use torch's samplers: reading and writing the generator's
+#: state (5 kB, a few microseconds) costs more than the compiled loop saves.
+_SMALLEST_COMPILED_DRAW = 64
 
 
 def generators_for(seeds: torch.Tensor) -> list[torch.Generator]:
@@ -82,6 +93,26 @@ def per_image(
     return draws.to(torch.get_default_device())
 
 
+def _compiled(
+    kernel: Callable[..., None], *arguments
+) -> Callable[[torch.Tensor, torch.Generator], None]:
+    """A ``fill`` running ``kernel(state, out, *arguments)`` of :mod:`.mersenne` on the
+    generator's state, then handing the advanced state back to the generator."""
+
+    def fill(out: torch.Tensor, generator: torch.Generator) -> None:
+        state = generator.get_state()
+        numbers = state.numpy()
+        mersenne.check_state_layout(numbers)
+        kernel(numbers, out.view(-1).numpy(), *arguments)
+        generator.set_state(state)
+
+    return fill
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
 def uniform(
     generators: Generators,
     shape: tuple[int, ...],
@@ -90,25 +121,40 @@ def uniform(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """[B, *shape] uniform in [low, high), one draw call per image."""
-    draws = per_image(
-        generators, shape, dtype, lambda out, g: torch.rand(shape, generator=g, out=out)
-    )
+    kernels = {torch.float32: mersenne.uniform_float32, torch.float64: mersenne.uniform_float64}
+    if dtype in kernels and _numel(shape) >= _SMALLEST_COMPILED_DRAW:
+        fill = _compiled(kernels[dtype])
+    else:
+
+        def fill(out: torch.Tensor, generator: torch.Generator) -> None:
+            torch.rand(shape, generator=generator, out=out)
+
+    draws = per_image(generators, shape, dtype, fill)
     if low == 0.0 and high == 1.0:
         return draws  # x * 1 + 0 is x: two full passes saved
     return draws * (high - low) + low
 
 
 def normal(generators: Generators, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
-    return per_image(
-        generators, shape, dtype, lambda out, g: torch.randn(shape, generator=g, out=out)
-    )
+    """[B, *shape] standard normal, one draw call per image."""
+    kernels = {torch.float32: mersenne.normal_float32, torch.float64: mersenne.normal_float64}
+    if dtype in kernels and _numel(shape) >= _SMALLEST_COMPILED_DRAW:
+        fill = _compiled(kernels[dtype])
+    else:
+
+        def fill(out: torch.Tensor, generator: torch.Generator) -> None:
+            torch.randn(shape, generator=generator, out=out)
+
+    return per_image(generators, shape, dtype, fill)
 
 
 def integers(generators: Generators, low: int, high: int, shape: tuple[int, ...]) -> torch.Tensor:
     """[B, *shape] int64 in [low, high) (numpy's randint convention)."""
-    return per_image(
-        generators,
-        shape,
-        torch.int64,
-        lambda out, g: torch.randint(low, high, shape, generator=g, out=out),
-    )
+    if 1 <= high - low < 1 << 28 and _numel(shape) >= _SMALLEST_COMPILED_DRAW:
+        fill = _compiled(mersenne.integers, int(low), int(high - low))
+    else:
+
+        def fill(out: torch.Tensor, generator: torch.Generator) -> None:
+            torch.randint(low, high, shape, generator=generator, out=out)
+
+    return per_image(generators, shape, torch.int64, fill)
