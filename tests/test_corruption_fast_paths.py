@@ -406,3 +406,29 @@ def test_compiled_motion_blur_equals_the_fft_convolution(size, monkeypatch):
             by_fft = ops.motion_blur(images, radius, sigma, angles)
         assert torch.allclose(compiled, by_fft, rtol=0, atol=2e-6)
         assert float((compiled - images).abs().mean()) > 0.05
+
+
+@pytest.mark.parametrize("family", ["cifar", "imagenet"])
+def test_compiled_colour_corruptions_equal_the_tensor_versions(family):
+    from robustbench_bn.data.corruptions import digital
+    from robustbench_bn.data.corruptions.parameters import TABLES
+
+    images = ops.quantize(torch.rand(4, 3, 40, 36))
+    images[0, :, :5, :5] = 0  # black: hue and saturation 0
+    images[1, :, :5, :5] = 0.5  # grey: saturation 0
+    for severity in range(5):
+        shift = TABLES[family]["brightness"][severity]
+        assert torch.equal(
+            kernels.brightness(images, shift),
+            digital.brightness_by_tensor_operations(images, shift),
+        )
+        scale, offset = TABLES[family]["saturate"][severity]
+        assert torch.equal(
+            kernels.saturate(images, scale, offset),
+            digital.saturate_by_tensor_operations(images, scale, offset),
+        )
+        factor = TABLES[family]["contrast"][severity]
+        means = images.mean((2, 3), keepdim=True)
+        assert torch.equal(
+            kernels.contrast(images, means, factor), (images - means) * factor + means
+        )

@@ -19,6 +19,13 @@ from robustbench_bn.data.corruptions.sampling import Generators
 def brightness(images: torch.Tensor, shift: float, generators: Generators, family: str):
     """HSV value + shift (skimage rgb2hsv / hsv2rgb). With hue and saturation kept, each
     pixel's RGB scales by V'/V; a black pixel (hue and saturation 0) becomes grey V'."""
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        return kernels.brightness(images, float(shift))
+    return brightness_by_tensor_operations(images, shift)
+
+
+def brightness_by_tensor_operations(images: torch.Tensor, shift: float) -> torch.Tensor:
+    """:func:`brightness` in tensor operations (any device)."""
     value = images.amax(1, keepdim=True)
     new_value = (value + shift).clamp(0, 1)
     scaled = images * (new_value / value.clamp(min=1e-12))
@@ -32,6 +39,15 @@ def saturate(images: torch.Tensor, parameter, generators: Generators, family: st
     (S = 0) has hue 0 (red) in skimage, so a positive offset tints it: R = V, G = B = V(1-S').
     """
     scale, offset = parameter
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        return kernels.saturate(images, float(scale), float(offset))
+    return saturate_by_tensor_operations(images, scale, offset)
+
+
+def saturate_by_tensor_operations(
+    images: torch.Tensor, scale: float, offset: float
+) -> torch.Tensor:
+    """:func:`saturate` in tensor operations (any device)."""
     value = images.amax(1, keepdim=True)
     minimum = images.amin(1, keepdim=True)
     spread = value - minimum
@@ -47,6 +63,8 @@ def saturate(images: torch.Tensor, parameter, generators: Generators, family: st
 
 def contrast(images: torch.Tensor, factor: float, generators: Generators, family: str):
     means = images.mean((2, 3), keepdim=True)
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        return kernels.contrast(images, means, float(factor))
     return (images - means) * factor + means
 
 

@@ -231,18 +231,18 @@ def _clamped_level(value):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def _finish(corrupted, out, quantize):  # pragma: no cover - compiled
-    # Clamp, and quantize (the level divided by 255), fused into one pass writing the result.
+    # Clamp, and quantize (the level divided by 255), fused into one pass writing the result;
+    # flat loops with the flag outside them, so each vectorizes.
     low, high = np.float32(0.0), np.float32(1.0)
-    channels, height, width = corrupted.shape
-    for channel in range(channels):
-        for row in range(height):
-            for col in range(width):
-                value = corrupted[channel, row, col]
-                if quantize:
-                    value = _clamped_level(value) / np.float32(255.0)
-                else:
-                    value = low if value < low else (high if value > high else value)
-                out[channel, row, col] = value
+    values = corrupted.ravel()
+    target = out.ravel()
+    if quantize:
+        for position in range(values.shape[0]):
+            target[position] = _clamped_level(values[position]) / np.float32(255.0)
+    else:
+        for position in range(values.shape[0]):
+            value = values[position]
+            target[position] = low if value < low else (high if value > high else value)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -779,4 +779,95 @@ def motion_blur(images: torch.Tensor, shifts: torch.Tensor, weights: torch.Tenso
         images,
         shifts.contiguous().numpy(),
         weights.contiguous().double().numpy(),
+    )
+
+
+@numba.njit(nogil=True, cache=True)
+def _brightness_share(images, shift, out, first, step):  # pragma: no cover - compiled
+    # :func:`.digital.brightness` in float32, operation for operation.
+    tiny = np.float32(1e-12)
+    for index in range(first, images.shape[0], step):
+        red, green, blue = (
+            images[index, 0].ravel(),
+            images[index, 1].ravel(),
+            images[index, 2].ravel(),
+        )
+        out_red, out_green, out_blue = (
+            out[index, 0].ravel(),
+            out[index, 1].ravel(),
+            out[index, 2].ravel(),
+        )
+        for position in range(red.shape[0]):
+            r, g, b = red[position], green[position], blue[position]
+            value = max(max(r, g), b)
+            new_value = min(max(value + shift, np.float32(0.0)), np.float32(1.0))
+            ratio = new_value / max(value, tiny)
+            positive = value > 0
+            out_red[position] = r * ratio if positive else new_value
+            out_green[position] = g * ratio if positive else new_value
+            out_blue[position] = b * ratio if positive else new_value
+
+
+def brightness(images: torch.Tensor, shift: float) -> torch.Tensor:
+    """The compiled twin of :func:`.digital.brightness` for CPU float32 images [B, 3, H, W]."""
+    return _images_from(_brightness_share, images, np.float32(shift))
+
+
+@numba.njit(nogil=True, cache=True)
+def _saturate_share(images, scale, offset, out, first, step):  # pragma: no cover - compiled
+    # :func:`.digital.saturate` in float32, operation for operation.
+    tiny, zero, one = np.float32(1e-12), np.float32(0.0), np.float32(1.0)
+    for index in range(first, images.shape[0], step):
+        red, green, blue = (
+            images[index, 0].ravel(),
+            images[index, 1].ravel(),
+            images[index, 2].ravel(),
+        )
+        out_red, out_green, out_blue = (
+            out[index, 0].ravel(),
+            out[index, 1].ravel(),
+            out[index, 2].ravel(),
+        )
+        for position in range(red.shape[0]):
+            r, g, b = red[position], green[position], blue[position]
+            value = max(max(r, g), b)
+            spread = value - min(min(r, g), b)
+            saturation = spread / max(value, tiny) if value > 0 else zero
+            new_saturation = min(max(saturation * scale + offset, zero), one)
+            ratio = new_saturation / max(saturation, tiny)
+            if spread > 0:
+                out_red[position] = value - (value - r) * ratio
+                out_green[position] = value - (value - g) * ratio
+                out_blue[position] = value - (value - b) * ratio
+            else:
+                grey = value * (one - new_saturation)
+                out_red[position] = value
+                out_green[position] = grey
+                out_blue[position] = grey
+
+
+def saturate(images: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    """The compiled twin of :func:`.digital.saturate` for CPU float32 images [B, 3, H, W]."""
+    return _images_from(_saturate_share, images, np.float32(scale), np.float32(offset))
+
+
+@numba.njit(nogil=True, cache=True)
+def _contrast_share(images, means, factor, out, first, step):  # pragma: no cover - compiled
+    # (x - mean) * factor + mean per channel, as :func:`.digital.contrast` computes it.
+    for index in range(first, images.shape[0], step):
+        for channel in range(images.shape[1]):
+            pixels = images[index, channel].ravel()
+            target = out[index, channel].ravel()
+            mean = means[index, channel]
+            for position in range(pixels.shape[0]):
+                target[position] = (pixels[position] - mean) * factor + mean
+
+
+def contrast(images: torch.Tensor, means: torch.Tensor, factor: float) -> torch.Tensor:
+    """The compiled twin of :func:`.digital.contrast` given the per-channel means [B, 3]."""
+    return _images_from(
+        _contrast_share,
+        images,
+        means.reshape(len(images), -1).contiguous().numpy(),
+        np.float32(factor),
     )
