@@ -72,7 +72,18 @@ def pixelate(images: torch.Tensor, fraction: float, generators: Generators, fami
     """PIL BOX resize to int(S * fraction) and BOX back up (the original; imagecorruptions
     enlarges with NEAREST, which picks the same pixel except at exact ties)."""
     height, width = images.shape[-2:]
-    small = ops.pil_box_resize(images, int(height * fraction), int(width * fraction))
+    small_height, small_width = int(height * fraction), int(width * fraction)
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        # Enlarging, PIL's BOX filter reads one input pixel per output pixel (weight 1): the
+        # first column of each enlargement's tap table.
+        return kernels.pixelate(
+            images,
+            ops.sparse_rows(ops.pil_box_matrix(height, small_height)),
+            ops.sparse_rows(ops.pil_box_matrix(width, small_width)),
+            ops.sparse_rows(ops.pil_box_matrix(small_height, height))[0][:, 0],
+            ops.sparse_rows(ops.pil_box_matrix(small_width, width))[0][:, 0],
+        )
+    small = ops.pil_box_resize(images, small_height, small_width)
     # Enlarging, PIL's BOX filter reads exactly one input pixel per output pixel (weight 1),
     # which the sparse resize applies as a selection.
     return ops.pil_box_resize(small, height, width)

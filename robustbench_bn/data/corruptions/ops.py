@@ -390,7 +390,7 @@ def pil_box_matrix(size_in: int, size_out: int) -> torch.Tensor:
 
 
 @cached_per_device
-def _sparse_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sparse_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A matrix with few non-zeros per row as (columns [rows, taps], weights [rows, taps]),
     each row's non-zero columns in increasing order, padded with weight-0 taps."""
     size = matrix.shape[1]
@@ -408,7 +408,7 @@ def apply_sparse(images: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch
     """``matrix @ images`` along ``axis`` (-1 or -2) for a matrix with a few non-zeros per
     row, tap by tap: the dense product ran at 4 GFLOP/s in this machine's BLAS for the
     resize matrices, which are mostly zeros."""
-    columns, values = _sparse_rows(matrix)
+    columns, values = sparse_rows(matrix)
     shape = [1] * images.dim()
     shape[axis] = columns.shape[0]
     result = None
@@ -424,7 +424,7 @@ def pil_box_resize(images: torch.Tensor, height: int, width: int) -> torch.Tenso
     if images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4:
         from robustbench_bn.data.corruptions import kernels
 
-        return kernels.resize_separable(images, _sparse_rows(rows), _sparse_rows(cols))
+        return kernels.resize_separable(images, sparse_rows(rows), sparse_rows(cols))
     return apply_sparse(apply_sparse(images, rows, -2), cols, -1)
 
 
