@@ -440,10 +440,17 @@ def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out
     # ``row_sources`` / ``col_sources`` map padded positions to image ones.
     height, width = plane.shape
     count = taps.shape[0]
+    radius = count // 2
     for row in range(height):
         source = plane[row]
-        for position in range(width + count - 1):
+        # Inside the image a padded position is its own source: a contiguous copy (which
+        # vectorizes), the border positions gathered.
+        inner = padded[radius : radius + width]
+        for position in range(width):
+            inner[position] = source[position]
+        for position in range(radius):
             padded[position] = source[col_sources[position]]
+            padded[radius + width + position] = source[col_sources[radius + width + position]]
         line = across[row]
         weight = taps[0]
         for col in range(width):
