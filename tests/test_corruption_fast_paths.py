@@ -432,3 +432,18 @@ def test_compiled_colour_corruptions_equal_the_tensor_versions(family):
         assert torch.equal(
             kernels.contrast(images, means, factor), (images - means) * factor + means
         )
+
+
+@pytest.mark.parametrize("family", ["cifar", "imagenet"])
+def test_compiled_snow_blend_equals_the_tensor_steps(family):
+    from robustbench_bn.data.corruptions import weather
+    from robustbench_bn.data.corruptions.parameters import TABLES
+
+    images = ops.quantize(torch.rand(3, 3, 40, 44))
+    layer = ops.quantize(torch.rand(3, 1, 40, 44)) * (torch.rand(3, 1, 40, 44) > 0.7)
+    for parameter in TABLES[family]["snow"]:
+        image_weight = parameter[-1]
+        assert torch.equal(
+            kernels.snow_blend(images, layer, image_weight),
+            weather.snow_blend_by_tensor_operations(images, layer, image_weight),
+        )

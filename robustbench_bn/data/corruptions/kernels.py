@@ -941,3 +941,42 @@ def pixelate(
         up_rows.contiguous().numpy(),
         up_cols.contiguous().numpy(),
     )
+
+
+@numba.njit(nogil=True, cache=True)
+def _snow_blend_share(images, layer, keep, whiten, out, first, step):  # pragma: no cover - compiled
+    # :func:`.weather.snow`'s last steps in float32, operation for operation: the whitened
+    # image max(x, luma * 1.5 + 0.5), the blend keep * x + whiten * whitened, then the layer
+    # and its 180-degree turn added.
+    height, width = images.shape[2], images.shape[3]
+    bright = np.empty(width, np.float32)
+    for index in range(first, images.shape[0], step):
+        flakes = layer[index, 0]
+        for row in range(height):
+            red, green, blue = images[index, 0, row], images[index, 1, row], images[index, 2, row]
+            for col in range(width):
+                luma = (red[col] * np.float32(0.299) + green[col] * np.float32(0.587)) + blue[
+                    col
+                ] * np.float32(0.114)
+                bright[col] = luma * np.float32(1.5) + np.float32(0.5)
+            straight = flakes[row]
+            turned = flakes[height - 1 - row][::-1]
+            for channel in range(3):
+                source = images[index, channel, row]
+                target = out[index, channel, row]
+                for col in range(width):
+                    value = source[col]
+                    whitened = value if value >= bright[col] else bright[col]
+                    target[col] = ((keep * value + whiten * whitened) + straight[col]) + turned[col]
+
+
+def snow_blend(images: torch.Tensor, layer: torch.Tensor, image_weight: float) -> torch.Tensor:
+    """The compiled twin of :func:`.weather.snow`'s final blend of CPU float32 images
+    [B, 3, H, W] with their snow layers [B, 1, H, W]."""
+    return _images_from(
+        _snow_blend_share,
+        images,
+        layer.contiguous().numpy(),
+        np.float32(image_weight),
+        np.float32(1 - image_weight),
+    )

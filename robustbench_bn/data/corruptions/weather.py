@@ -33,6 +33,13 @@ def snow(images: torch.Tensor, parameter, generators: Generators, family: str):
     layer = ops.quantize(layer)
     layer = ops.motion_blur(layer, int(blur_radius), float(blur_sigma), angles)
     layer = torch.round(layer.clamp(0, 1) * 255) / 255
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        return kernels.snow_blend(images, layer, float(image_weight))
+    return snow_blend_by_tensor_operations(images, layer, image_weight)
+
+
+def snow_blend_by_tensor_operations(images: torch.Tensor, layer: torch.Tensor, image_weight):
+    """:func:`snow`'s final blend in tensor operations (any device)."""
     whitened = torch.maximum(images, ops.luma(images) * 1.5 + 0.5)
     images = image_weight * images + (1 - image_weight) * whitened
     return images + layer + layer.flip(-2, -1)
