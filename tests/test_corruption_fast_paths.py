@@ -447,3 +447,24 @@ def test_compiled_snow_blend_equals_the_tensor_steps(family):
             kernels.snow_blend(images, layer, image_weight),
             weather.snow_blend_by_tensor_operations(images, layer, image_weight),
         )
+
+
+@pytest.mark.parametrize("family,size", [("cifar", (32, 32)), ("imagenet", (64, 70))])
+def test_compiled_water_glare_equals_the_tensor_steps(family, size):
+    from robustbench_bn.data.corruptions import spatter
+    from robustbench_bn.data.corruptions.parameters import TABLES
+
+    images = ops.quantize(torch.rand(3, 3, *size))
+    for mean, std, liquid_sigma, threshold, strength, mode in TABLES[family]["spatter"]:
+        if mode != 0:  # mud
+            continue
+        generators = sampling.generators_for(torch.tensor([1, 2, 3]))
+        liquid = sampling.normal(generators, (1, *size), dtype=torch.float64) * std + mean
+        liquid = ops.gaussian_filter(liquid, liquid_sigma, mode="nearest")
+        liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
+        liquid[2] = 0  # no drops: no edges, a constant distance map
+        compiled = kernels.water(
+            images, liquid, strength, spatter._WATER_COLOUR, spatter._DISTANCE_CAP
+        )
+        assert torch.equal(compiled, spatter._water(images, liquid, strength))
+        assert not torch.equal(compiled[0], images[0])  # glare was added

@@ -980,3 +980,124 @@ def snow_blend(images: torch.Tensor, layer: torch.Tensor, image_weight: float) -
         np.float32(image_weight),
         np.float32(1 - image_weight),
     )
+
+
+@numba.njit(nogil=True, cache=True)
+def _equalize_histogram(values, out):  # pragma: no cover - compiled
+    # :func:`.spatter.equalize_histogram` (cv2.equalizeHist) of one plane of integer values
+    # 0..255, the lookup table in float32 like the torch steps.
+    histogram = np.zeros(256, np.int64)
+    flat = values.ravel()
+    for position in range(flat.shape[0]):
+        histogram[np.int64(flat[position])] += 1
+    total = flat.shape[0]
+    first = 0
+    while histogram[first] == 0:
+        first += 1
+    first_count = histogram[first]
+    scale = np.float32(255.0) / np.float32(max(total - first_count, 1))
+    table = np.empty(256, np.float64)
+    running = 0
+    below_first = 0
+    for level in range(256):
+        running += histogram[level]
+        if level == first:
+            below_first = running
+    running = 0
+    for level in range(256):
+        running += histogram[level]
+        if first_count == total:
+            table[level] = first
+        elif level <= first:
+            table[level] = 0.0
+        else:
+            value = np.rint(np.float32(running - below_first) * scale)
+            table[level] = min(max(value, np.float32(0.0)), np.float32(255.0))
+    target = out.ravel()
+    for position in range(flat.shape[0]):
+        target[position] = table[np.int64(flat[position])]
+
+
+@numba.njit(nogil=True, cache=True)
+def _water_share(
+    images, liquid, strength, colour, box, row_sources, col_sources, cap, out, first, step
+):
+    # pragma: no cover - compiled
+    # :func:`.spatter._water` image by image: the same steps on one float64 plane, the filters
+    # through the compiled kernels the torch path runs on the CPU, the rest in the same
+    # operations and order (the emboss sums are small integers, exact in any order).
+    height, width = liquid.shape[2], liquid.shape[3]
+    levels = np.empty((height, width), np.float64)
+    integers = np.empty((height, width), np.int64)
+    edges = np.zeros((height, width), np.bool_)
+    distance = np.empty((height, width), np.float64)
+    blurred = np.empty((height, width), np.float64)
+    across = np.empty((height, width), np.float64)
+    padded = np.empty(width + 2, np.float64)
+    glare = np.empty((height, width), np.float64)
+    for index in range(first, images.shape[0], step):
+        plane = liquid[index, 0]
+        for row in range(height):
+            for col in range(width):
+                value = min(max(plane[row, col], 0.0), 1.0)
+                levels[row, col] = np.floor(value * 255.0)
+                integers[row, col] = np.int64(levels[row, col])
+        edges[:, :] = False
+        _canny(integers, 50, 150, edges)
+        _distance_to_edges(edges, cap + 1, distance)
+        for row in range(height):
+            for col in range(width):
+                distance[row, col] = min(distance[row, col], np.float64(cap))
+        _separable_filter(distance, box, row_sources, col_sources, across, padded, blurred)
+        for row in range(height):
+            for col in range(width):
+                blurred[row, col] = np.floor(blurred[row, col])
+        _equalize_histogram(blurred, distance)
+        # cv2.filter2D with the emboss kernel [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], borders
+        # mirrored, rounded and saturated to uint8.
+        for row in range(height):
+            above, below = row_sources[row], row_sources[row + 2]
+            for col in range(width):
+                left, right = col_sources[col], col_sources[col + 2]
+                total = (
+                    -2.0 * distance[above, left]
+                    - distance[above, col]
+                    - distance[row, left]
+                    + distance[row, col]
+                    + distance[row, right]
+                    + distance[below, col]
+                    + 2.0 * distance[below, right]
+                )
+                blurred[row, col] = min(max(np.rint(total), 0.0), 255.0)
+        _separable_filter(blurred, box, row_sources, col_sources, across, padded, distance)
+        peak = 0.0
+        for row in range(height):
+            for col in range(width):
+                value = levels[row, col] * np.rint(distance[row, col])
+                glare[row, col] = value
+                peak = max(peak, value)
+        for row in range(height):
+            for col in range(width):
+                share = glare[row, col] / max(peak, 1e-12) if peak > 0 else 0.0
+                for channel in range(3):
+                    shine = np.float32(share * strength * colour[channel])
+                    out[index, channel, row, col] = images[index, channel, row, col] + shine
+
+
+def water(
+    images: torch.Tensor, liquid: torch.Tensor, strength: float, colour, cap: int
+) -> torch.Tensor:
+    """The compiled twin of :func:`.spatter._water` for CPU float32 images [B, 3, H, W] and
+    their float64 liquid layers [B, 1, H, W]; distances capped at ``cap``."""
+    height, width = liquid.shape[-2:]
+    return _images_from(
+        _water_share,
+        images,
+        liquid.contiguous().numpy(),
+        float(strength),
+        np.asarray(colour, dtype=np.float64),
+        np.full(3, 1 / 3, dtype=np.float64),
+        border_index(torch.arange(-1, height + 1), height, "mirror").numpy(),
+        border_index(torch.arange(-1, width + 1), width, "mirror").numpy(),
+        int(cap),
+    )

@@ -30,6 +30,8 @@ def spatter(images: torch.Tensor, parameter, generators: Generators, family: str
     liquid = ops.gaussian_filter(liquid, liquid_sigma, mode="nearest")
     liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
     if mode == 0:
+        if images.device.type == "cpu" and images.dtype == torch.float32:
+            return kernels.water(images, liquid, strength, _WATER_COLOUR, _DISTANCE_CAP)
         return _water(images, liquid, strength)
     return _mud(images, liquid, threshold, strength)
 
