@@ -468,3 +468,18 @@ def test_compiled_water_glare_equals_the_tensor_steps(family, size):
         )
         assert torch.equal(compiled, spatter._water(images, liquid, strength))
         assert not torch.equal(compiled[0], images[0])  # glare was added
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_corruptions_leave_their_input_untouched(size):
+    # In-range CPU images reach the corruptions as views of the caller's tensor.
+    from robustbench_bn.data.corruptions import ALL_CORRUPTIONS
+
+    images = ops.quantize(torch.rand(3, 3, size, size))
+    original = images.clone()
+    for name in ALL_CORRUPTIONS:
+        corrupted = corrupt(
+            images, name, 5, seeds=image_seeds("input", name, 5, 0, torch.arange(3))
+        )
+        assert torch.equal(images, original), name
+        assert not torch.equal(corrupted, images), name

@@ -279,8 +279,16 @@ def corrupt(
     with torch.no_grad(), placement:
         # Chunks of about 3 MB per float tensor (by default) keep a corruption's intermediates in
         # the CPU cache; whole 224 px batches ran several passes from main memory instead.
+        # The corruptions never write to their input, so on the CPU images already in [0, 1]
+        # (every decoded dataset) go in as views, saving a copy per chunk.
+        in_range = False
+        if work_device.type == "cpu" and clean.numel():
+            lowest, highest = torch.aminmax(clean)
+            in_range = bool(lowest >= 0) and bool(highest <= 1)
         for start in range(0, len(clean), chunk):
-            batch = clean[start : start + chunk].clamp(0, 1)
+            batch = clean[start : start + chunk]
+            if not in_range:
+                batch = batch.clamp(0, 1)
             generators = generators_for(seeds[start : start + chunk])
             corrupted = function(batch, parameter, generators, family)
             target = result[start : start + chunk]
