@@ -483,3 +483,21 @@ def test_corruptions_leave_their_input_untouched(size):
         )
         assert torch.equal(images, original), name
         assert not torch.equal(corrupted, images), name
+
+
+@pytest.mark.parametrize("size", [(33, 35), (64, 70)])
+def test_shot_noise_drawing_in_the_loop_equals_the_batch_draw(size):
+    images = ops.quantize(torch.rand(3, 3, *size))
+    images[2, 0, 0, 0] = 0.5 / 255  # off the grid: its result is unset, its draws still made
+    table = noise._poisson_level_table(25.0)
+    guide = noise._poisson_guide(25.0)
+    drawing = sampling.generators_for(torch.tensor([4, 5, 6]))
+    batch = sampling.generators_for(torch.tensor([4, 5, 6]))
+    uniforms = sampling.uniform(batch, (3, *size), dtype=torch.float64)
+    expected, expected_on_grid = kernels.shot_noise(images, uniforms, table, guide, 25.0)
+    noisy, on_grid = kernels.shot_noise_drawing(images, drawing, table, guide, 25.0)
+    assert torch.equal(on_grid, torch.tensor([True, True, False]))
+    assert torch.equal(on_grid, expected_on_grid)
+    assert torch.equal(noisy[:2], expected[:2])
+    for ours, theirs in zip(drawing, batch, strict=True):
+        assert torch.equal(ours.get_state(), theirs.get_state())

@@ -22,6 +22,7 @@ import numba
 import numpy as np
 import torch
 
+from robustbench_bn.data.corruptions import mersenne
 from robustbench_bn.data.corruptions.ops import border_index
 from robustbench_bn.data.corruptions.sampling import run_in_shares
 
@@ -363,6 +364,69 @@ def shot_noise(
         noisy.numpy(),
         on_grid.numpy(),
     )
+    return noisy.view_as(images), on_grid
+
+
+@numba.njit(nogil=True, cache=True)
+def _shot_noise_drawing_share(pixels, states, table, guide, photons, noisy, on_grid, first, step):
+    # pragma: no cover - compiled
+    # :func:`_shot_noise` with each image's float64 uniforms drawn chunk by chunk from its
+    # generator's state (the numbers ``sampling.uniform`` would return) instead of read from
+    # a batch of them: no pass through memory. An image off the grid still consumes all its
+    # uniforms, as the batch draw did, before its torch.poisson fallback.
+    count = pixels.shape[1]
+    buffer = np.empty(2 * mersenne.CHUNK, np.uint32)
+    uniforms = np.empty(mersenne.CHUNK, np.float64)
+    for index in range(first, pixels.shape[0], step):
+        words, position = mersenne.open_state(states[index])
+        grid = True
+        for start in range(0, count, mersenne.CHUNK):
+            stop = min(start + mersenne.CHUNK, count)
+            chunk = uniforms[: stop - start]
+            mersenne.float64_uniforms(words, position, buffer, chunk)
+            if grid:
+                grid = _shot_noise(
+                    pixels[index, start:stop],
+                    chunk,
+                    table,
+                    guide,
+                    photons,
+                    noisy[index, start:stop],
+                )
+        mersenne.close_state(states[index], words, position)
+        on_grid[index] = grid
+
+
+def shot_noise_drawing(
+    images: torch.Tensor,
+    generators,
+    table: torch.Tensor,
+    guide: torch.Tensor,
+    photons: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`shot_noise` drawing each image's float64 uniforms (shape of the image) from its
+    generator inside the compiled loop, then advancing the generators as the draw would."""
+    batch = images.shape[0]
+    pixels = images.reshape(batch, -1).contiguous()
+    states = [generator.get_state() for generator in generators]
+    stacked = torch.stack(states)
+    for state in states[:1]:
+        mersenne.check_state_layout(state.numpy())
+    noisy = torch.empty_like(pixels)
+    on_grid = torch.zeros(batch, dtype=torch.bool)
+    _in_shares(
+        _shot_noise_drawing_share,
+        batch,
+        pixels.numpy(),
+        stacked.numpy(),
+        table.numpy(),
+        guide.numpy(),
+        np.float32(photons),
+        noisy.numpy(),
+        on_grid.numpy(),
+    )
+    for generator, state in zip(generators, stacked, strict=True):
+        generator.set_state(state.clone())
     return noisy.view_as(images), on_grid
 
 

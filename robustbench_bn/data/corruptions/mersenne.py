@@ -71,11 +71,11 @@ def _twist(words):  # pragma: no cover - compiled
 
 #: Numbers per pass: small scratch buffers are reused from the heap, where buffers of a
 #: whole image (megabytes) came fresh from the kernel on every call, a page fault per 4 kB.
-_CHUNK = 2048
+CHUNK = 2048
 
 
 @numba.njit(nogil=True, cache=True)
-def _open(state):  # pragma: no cover - compiled
+def open_state(state):  # pragma: no cover - compiled
     """The state words and (cursor, words left before the next twist) from torch's bytes."""
     stored = state[_STATE : _STATE + 8 * _WORDS].view(np.uint64)
     words = np.empty(_WORDS, np.uint32)
@@ -88,7 +88,7 @@ def _open(state):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _close(state, words, position):  # pragma: no cover - compiled
+def close_state(state, words, position):  # pragma: no cover - compiled
     stored = state[_STATE : _STATE + 8 * _WORDS].view(np.uint64)
     for index in range(_WORDS):
         stored[index] = np.uint64(words[index])
@@ -134,15 +134,15 @@ def _float64_uniform(high, low):  # pragma: no cover - compiled
 @numba.njit(nogil=True, cache=True)
 def uniform_float32(state, out):  # pragma: no cover - compiled
     """``torch.rand(out.shape, generator=g)`` for float32 ``out`` (1-D view)."""
-    words, position = _open(state)
-    buffer = np.empty(_CHUNK, np.uint32)
-    for start in range(0, out.size, _CHUNK):
-        _float32_uniforms(words, position, buffer, out[start : start + _CHUNK])
-    _close(state, words, position)
+    words, position = open_state(state)
+    buffer = np.empty(CHUNK, np.uint32)
+    for start in range(0, out.size, CHUNK):
+        float32_uniforms(words, position, buffer, out[start : start + CHUNK])
+    close_state(state, words, position)
 
 
 @numba.njit(nogil=True, cache=True)
-def _float32_uniforms(words, position, buffer, target):  # pragma: no cover - compiled
+def float32_uniforms(words, position, buffer, target):  # pragma: no cover - compiled
     chunk = buffer[: target.size]
     _next_words(words, position, chunk)
     for index in range(target.size):
@@ -150,7 +150,7 @@ def _float32_uniforms(words, position, buffer, target):  # pragma: no cover - co
 
 
 @numba.njit(nogil=True, cache=True)
-def _float64_uniforms(words, position, buffer, target):  # pragma: no cover - compiled
+def float64_uniforms(words, position, buffer, target):  # pragma: no cover - compiled
     pairs = buffer[: 2 * target.size]
     _next_words(words, position, pairs)
     for index in range(target.size):
@@ -160,26 +160,26 @@ def _float64_uniforms(words, position, buffer, target):  # pragma: no cover - co
 @numba.njit(nogil=True, cache=True)
 def uniform_float64(state, out):  # pragma: no cover - compiled
     """``torch.rand(out.shape, generator=g, dtype=torch.float64)``."""
-    words, position = _open(state)
-    buffer = np.empty(2 * _CHUNK, np.uint32)
-    for start in range(0, out.size, _CHUNK):
-        _float64_uniforms(words, position, buffer, out[start : start + _CHUNK])
-    _close(state, words, position)
+    words, position = open_state(state)
+    buffer = np.empty(2 * CHUNK, np.uint32)
+    for start in range(0, out.size, CHUNK):
+        float64_uniforms(words, position, buffer, out[start : start + CHUNK])
+    close_state(state, words, position)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def integers(state, out, low, span):  # pragma: no cover - compiled
     """``torch.randint(low, low + span, out.shape, generator=g)`` for int64 ``out``, span
     below 2^28 (torch draws one word per number there, two from 2^28 on)."""
-    words, position = _open(state)
-    buffer = np.empty(_CHUNK, np.uint32)
+    words, position = open_state(state)
+    buffer = np.empty(CHUNK, np.uint32)
     divisor = np.uint32(span)
     # For spans up to 2^20, floor(word / span) in float64 is exact (the quotient's fraction
     # is at least 1 / span from the next integer, more than half a unit in the last place of
     # any quotient below 2^32), and it vectorizes where the integer remainder does not.
     small = span <= 1 << 20
-    for start in range(0, out.size, _CHUNK):
-        chunk = buffer[: min(_CHUNK, out.size - start)]
+    for start in range(0, out.size, CHUNK):
+        chunk = buffer[: min(CHUNK, out.size - start)]
         _next_words(words, position, chunk)
         target = out[start : start + chunk.size]
         if small:
@@ -189,7 +189,7 @@ def integers(state, out, low, span):  # pragma: no cover - compiled
         else:
             for index in range(chunk.size):
                 target[index] = np.int64(chunk[index] % divisor) + low
-    _close(state, words, position)
+    close_state(state, words, position)
 
 
 _LN2 = math.log(2.0)
@@ -318,18 +318,18 @@ def _normal_for(single: bool):
     over the whole blocks of 16, and when the count is not a multiple of 16 draws 16 more for
     the last 16 numbers (the leftover uniforms are drawn and overwritten)."""
     box_muller = _box_muller_float32 if single else _box_muller_float64
-    uniform_chunk = _float32_uniforms if single else _float64_uniforms
+    uniform_chunk = float32_uniforms if single else float64_uniforms
     dtype = np.float32 if single else np.float64
 
     @numba.njit(nogil=True, cache=True)
     def normal(state, out):  # pragma: no cover - compiled
-        words, position = _open(state)
-        buffer = np.empty(2 * _CHUNK, np.uint32)
-        uniforms = np.empty(_CHUNK, dtype)
-        halves = [np.empty(_CHUNK // 2, np.float64) for _ in range(4)]
+        words, position = open_state(state)
+        buffer = np.empty(2 * CHUNK, np.uint32)
+        uniforms = np.empty(CHUNK, dtype)
+        halves = [np.empty(CHUNK // 2, np.float64) for _ in range(4)]
         whole = out.size - out.size % 16
-        for start in range(0, whole, _CHUNK):
-            count = min(_CHUNK, whole - start)
+        for start in range(0, whole, CHUNK):
+            count = min(CHUNK, whole - start)
             if count > 0:
                 uniform_chunk(words, position, buffer, uniforms[:count])
                 target = out[start : start + count]
@@ -340,7 +340,7 @@ def _normal_for(single: bool):
             uniform_chunk(words, position, buffer, uniforms[:16])
             target = out[out.size - 16 :]
             box_muller(uniforms[:16], target, halves[0], halves[1], halves[2], halves[3])
-        _close(state, words, position)
+        close_state(state, words, position)
 
     return normal
 

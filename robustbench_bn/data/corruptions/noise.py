@@ -45,12 +45,13 @@ def shot_noise(images: torch.Tensor, photons: float, generators: Generators, fam
     torch.poisson with its own generator. The choice is made per image, so an image's noise
     never depends on the other images of its batch.
     """
-    uniforms = sampling.uniform(generators, tuple(images.shape[1:]), dtype=torch.float64)
     table = _poisson_level_table(float(photons))
     guide = _poisson_guide(float(photons))
-    if images.device.type == "cpu":
-        noisy, on_grid = kernels.shot_noise(images, uniforms, table, guide, float(photons))
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        # The uniforms are drawn inside the compiled loop: the same numbers.
+        noisy, on_grid = kernels.shot_noise_drawing(images, generators, table, guide, photons)
     else:
+        uniforms = sampling.uniform(generators, tuple(images.shape[1:]), dtype=torch.float64)
         levels = torch.round(images * 255)
         on_grid = ((levels / 255 - images).abs() <= 1e-6).flatten(1).all(1)
         counts = _invert_level_cdfs(table, guide, levels, uniforms)
