@@ -501,3 +501,17 @@ def test_shot_noise_drawing_in_the_loop_equals_the_batch_draw(size):
     assert torch.equal(noisy[:2], expected[:2])
     for ours, theirs in zip(drawing, batch, strict=True):
         assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+@pytest.mark.parametrize("delta,iterations", [(1, 2), (4, 3)])
+def test_glass_sweeps_drawing_in_the_loop_equal_the_batch_draw(delta, iterations):
+    pixels = ops.quantize(torch.rand(3, 3, 40, 36))
+    drawing = sampling.generators_for(torch.tensor([5, 6, 7]))
+    batch = sampling.generators_for(torch.tensor([5, 6, 7]))
+    shifts = sampling.integers(
+        batch, -delta, delta, (iterations, 40 - 2 * delta, 36 - 2 * delta, 2)
+    )
+    expected = kernels.glass_sweeps(pixels, shifts, delta)
+    assert torch.equal(kernels.glass_sweeps_drawing(pixels, drawing, delta, iterations), expected)
+    for ours, theirs in zip(drawing, batch, strict=True):
+        assert torch.equal(ours.get_state(), theirs.get_state())

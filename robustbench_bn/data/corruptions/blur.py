@@ -72,10 +72,11 @@ def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: 
     cols = torch.arange(delta + 1, width - delta + 1)
     if len(rows) == 0 or len(cols) == 0:
         return ops.gaussian_filter(pixels, sigma, mode="nearest")
-    shifts = sampling.integers(generators, -delta, delta, (iterations, len(rows), len(cols), 2))
-    if pixels.device.type == "cpu":
-        shuffled = kernels.glass_sweeps(pixels, shifts, delta)
+    if pixels.device.type == "cpu" and delta < 64:
+        # The shifts are drawn inside the compiled sweeps: the same numbers.
+        shuffled = kernels.glass_sweeps_drawing(pixels, generators, delta, iterations)
     else:
+        shifts = sampling.integers(generators, -delta, delta, (iterations, len(rows), len(cols), 2))
         shuffled = _glass_sweeps_by_pointer_doubling(pixels, shifts, delta)
     return ops.gaussian_filter(shuffled, sigma, mode="nearest")
 

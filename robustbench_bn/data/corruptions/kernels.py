@@ -485,6 +485,41 @@ def distance_to_edges(edges: torch.Tensor, cap: int) -> torch.Tensor:
     return distance
 
 
+@numba.njit(nogil=True, cache=True)
+def _glass_sweeps_drawing_share(pixels, states, delta, iterations, first, step):
+    # pragma: no cover - compiled
+    # :func:`_glass_sweeps` drawing each iteration's shifts (rows x cols x (dx, dy) in
+    # [-delta, delta), the numbers ``sampling.integers`` would return) from the image's
+    # generator into a small int8 buffer that stays in the cache.
+    channels, height, width = pixels.shape[1:]
+    rows, cols = height - 2 * delta, width - 2 * delta
+    shifts = np.empty((1, rows, cols, 2), np.int8)
+    flat = shifts.ravel()
+    buffer = np.empty(mersenne.CHUNK, np.uint32)
+    for index in range(first, pixels.shape[0], step):
+        words, position = mersenne.open_state(states[index])
+        for _ in range(iterations):
+            for start in range(0, flat.size, mersenne.CHUNK):
+                target = flat[start : start + mersenne.CHUNK]
+                mersenne.integer_chunk(words, position, buffer, target, -delta, 2 * delta)
+            _glass_sweeps(pixels[index], shifts, delta)
+        mersenne.close_state(states[index], words, position)
+
+
+def glass_sweeps_drawing(pixels: torch.Tensor, generators, delta: int, iterations: int):
+    """:func:`glass_sweeps` drawing each image's shifts from its generator inside the
+    compiled loop (delta below 64), then advancing the generators as the draw would."""
+    moved = pixels.contiguous().clone()
+    stacked = torch.stack([generator.get_state() for generator in generators])
+    mersenne.check_state_layout(stacked[0].numpy())
+    _in_shares(
+        _glass_sweeps_drawing_share, len(moved), moved.numpy(), stacked.numpy(), delta, iterations
+    )
+    for generator, state in zip(generators, stacked, strict=True):
+        generator.set_state(state.clone())
+    return moved
+
+
 def glass_sweeps(pixels: torch.Tensor, shifts: torch.Tensor, delta: int) -> torch.Tensor:
     """The compiled twin of glass blur's sweeps (see :func:`.blur.glass_blur`) for CPU
     tensors: pixels [B, C, H, W] (moved in place on a copy), shifts [B, iterations, rows,

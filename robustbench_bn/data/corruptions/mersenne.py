@@ -168,27 +168,32 @@ def uniform_float64(state, out):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
+def integer_chunk(words, position, buffer, target, low, span):  # pragma: no cover - compiled
+    """Fill ``target`` (up to CHUNK numbers, any integer dtype that holds them) with the
+    generator's next integers in [low, low + span), span below 2^28."""
+    chunk = buffer[: target.size]
+    _next_words(words, position, chunk)
+    if span <= 1 << 20:
+        # floor(word / span) in float64 is exact here (the quotient's fraction is at least
+        # 1 / span from the next integer, more than half a unit in the last place of any
+        # quotient below 2^32), and it vectorizes where the integer remainder does not.
+        for index in range(chunk.size):
+            word = np.float64(chunk[index])
+            target[index] = np.int64(word - np.floor(word / span) * span) + low
+    else:
+        divisor = np.uint32(span)
+        for index in range(chunk.size):
+            target[index] = np.int64(chunk[index] % divisor) + low
+
+
+@numba.njit(nogil=True, cache=True)
 def integers(state, out, low, span):  # pragma: no cover - compiled
     """``torch.randint(low, low + span, out.shape, generator=g)`` for int64 ``out``, span
     below 2^28 (torch draws one word per number there, two from 2^28 on)."""
     words, position = open_state(state)
     buffer = np.empty(CHUNK, np.uint32)
-    divisor = np.uint32(span)
-    # For spans up to 2^20, floor(word / span) in float64 is exact (the quotient's fraction
-    # is at least 1 / span from the next integer, more than half a unit in the last place of
-    # any quotient below 2^32), and it vectorizes where the integer remainder does not.
-    small = span <= 1 << 20
     for start in range(0, out.size, CHUNK):
-        chunk = buffer[: min(CHUNK, out.size - start)]
-        _next_words(words, position, chunk)
-        target = out[start : start + chunk.size]
-        if small:
-            for index in range(chunk.size):
-                word = np.float64(chunk[index])
-                target[index] = np.int64(word - np.floor(word / span) * span) + low
-        else:
-            for index in range(chunk.size):
-                target[index] = np.int64(chunk[index] % divisor) + low
+        integer_chunk(words, position, buffer, out[start : start + CHUNK], low, span)
     close_state(state, words, position)
 
 
