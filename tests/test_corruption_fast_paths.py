@@ -515,3 +515,16 @@ def test_glass_sweeps_drawing_in_the_loop_equal_the_batch_draw(delta, iterations
     assert torch.equal(kernels.glass_sweeps_drawing(pixels, drawing, delta, iterations), expected)
     for ours, theirs in zip(drawing, batch, strict=True):
         assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+@pytest.mark.parametrize("speckle", [False, True])
+@pytest.mark.parametrize("size", [(32, 32), (33, 35)])
+def test_normal_noise_drawing_in_the_loop_equals_the_tensor_steps(speckle, size):
+    images = ops.quantize(torch.rand(3, 3, *size))
+    drawing = sampling.generators_for(torch.tensor([8, 9, 10]))
+    batch = sampling.generators_for(torch.tensor([8, 9, 10]))
+    normals = sampling.normal(batch, (3, *size))
+    expected = images + images * normals * 0.3 if speckle else images + normals * 0.3
+    assert torch.equal(kernels.normal_noise(images, drawing, 0.3, speckle), expected)
+    for ours, theirs in zip(drawing, batch, strict=True):
+        assert torch.equal(ours.get_state(), theirs.get_state())

@@ -520,6 +520,39 @@ def glass_sweeps_drawing(pixels: torch.Tensor, generators, delta: int, iteration
     return moved
 
 
+@numba.njit(nogil=True, cache=True)
+def _normal_noise_share(images, states, scale, speckle, out, first, step):
+    # pragma: no cover - compiled
+    # :func:`.noise.gaussian_noise` (x + n * scale) or :func:`.noise.speckle_noise`
+    # (x + x * n * scale) with the image's float32 normals drawn into a buffer that stays in
+    # the cache, in float32 like the tensor steps.
+    noise = np.empty(images[0].size, np.float32)
+    for index in range(first, images.shape[0], step):
+        words, position = mersenne.open_state(states[index])
+        mersenne.normal_fill_float32(words, position, noise)
+        mersenne.close_state(states[index], words, position)
+        pixels = images[index].ravel()
+        target = out[index].ravel()
+        if speckle:
+            for position in range(pixels.shape[0]):
+                target[position] = pixels[position] + pixels[position] * noise[position] * scale
+        else:
+            for position in range(pixels.shape[0]):
+                target[position] = pixels[position] + noise[position] * scale
+
+
+def normal_noise(images: torch.Tensor, generators, scale: float, speckle: bool) -> torch.Tensor:
+    """Gaussian (or, with ``speckle``, speckle) noise on CPU float32 images [B, C, H, W] of 16
+    or more numbers each, drawing the normals ``sampling.normal`` would return inside the
+    compiled loop and advancing the generators as that draw would."""
+    stacked = torch.stack([generator.get_state() for generator in generators])
+    mersenne.check_state_layout(stacked[0].numpy())
+    out = _images_from(_normal_noise_share, images, stacked.numpy(), np.float32(scale), speckle)
+    for generator, state in zip(generators, stacked, strict=True):
+        generator.set_state(state.clone())
+    return out
+
+
 def glass_sweeps(pixels: torch.Tensor, shifts: torch.Tensor, delta: int) -> torch.Tensor:
     """The compiled twin of glass blur's sweeps (see :func:`.blur.glass_blur`) for CPU
     tensors: pixels [B, C, H, W] (moved in place on a copy), shifts [B, iterations, rows,

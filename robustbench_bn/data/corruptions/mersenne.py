@@ -327,30 +327,33 @@ def _normal_for(single: bool):
     dtype = np.float32 if single else np.float64
 
     @numba.njit(nogil=True, cache=True)
-    def normal(state, out):  # pragma: no cover - compiled
-        words, position = open_state(state)
+    def fill(words, position, out):  # pragma: no cover - compiled
         buffer = np.empty(2 * CHUNK, np.uint32)
         uniforms = np.empty(CHUNK, dtype)
         halves = [np.empty(CHUNK // 2, np.float64) for _ in range(4)]
         whole = out.size - out.size % 16
         for start in range(0, whole, CHUNK):
             count = min(CHUNK, whole - start)
-            if count > 0:
-                uniform_chunk(words, position, buffer, uniforms[:count])
-                target = out[start : start + count]
-                box_muller(uniforms[:count], target, halves[0], halves[1], halves[2], halves[3])
+            uniform_chunk(words, position, buffer, uniforms[:count])
+            target = out[start : start + count]
+            box_muller(uniforms[:count], target, halves[0], halves[1], halves[2], halves[3])
         if whole < out.size:
             # Drawn and overwritten, then 16 fresh uniforms for the last 16 numbers.
             uniform_chunk(words, position, buffer, uniforms[: out.size - whole])
             uniform_chunk(words, position, buffer, uniforms[:16])
             target = out[out.size - 16 :]
             box_muller(uniforms[:16], target, halves[0], halves[1], halves[2], halves[3])
+
+    @numba.njit(nogil=True, cache=True)
+    def normal(state, out):  # pragma: no cover - compiled
+        words, position = open_state(state)
+        fill(words, position, out)
         close_state(state, words, position)
 
-    return normal
+    return fill, normal
 
 
-normal_float32 = _normal_for(single=True)
+normal_fill_float32, normal_float32 = _normal_for(single=True)
 normal_float32.__doc__ = """``torch.randn(out.shape, generator=g)`` for float32 ``out`` of 16
 or more numbers, each within one float32 rounding step of torch's."""
-normal_float64 = _normal_for(single=False)
+normal_fill_float64, normal_float64 = _normal_for(single=False)
