@@ -24,11 +24,12 @@ from robustbench_bn.data.corruptions import (
 def test_padding_by_slices_equals_padding_by_gathers(mode):
     images = torch.rand(2, 3, 9, 11)
     for top, bottom, left, right in itertools.product([0, 1, 7, 12], [0, 7], [0, 1, 9], [0, 4, 30]):
-        padded = ops.pad(images, top, bottom, left, right, mode)
         rows = ops.border_index(torch.arange(-top, 9 + bottom), 9, mode)
         cols = ops.border_index(torch.arange(-left, 11 + right), 11, mode)
         expected = images.index_select(-2, rows).index_select(-1, cols)
-        assert torch.equal(padded, expected), (mode, top, bottom, left, right)
+        # A batch [B, C, H, W] goes through the compiled copy, a 3-D tensor through slices.
+        assert torch.equal(ops.pad(images, top, bottom, left, right, mode), expected)
+        assert torch.equal(ops.pad(images[0], top, bottom, left, right, mode), expected[0])
 
 
 def test_fast_fft_size_has_only_small_prime_factors():
