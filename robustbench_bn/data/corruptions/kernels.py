@@ -864,48 +864,89 @@ def elastic_resample(
 
 
 @numba.njit(nogil=True, cache=True)
-def _zoom_blur_share(images, rows, row_weights, cols, col_weights, out, first, step):
+def _zoom_blur_share(
+    images, rows, row_weights, cols, col_weights, runs, run_counts, out, first, step
+):
     # pragma: no cover - compiled
     # The image plus each factor's zoom, over (1 + factors): per zoom and output row, the two
-    # source rows blended first (contiguous, vectorizes), then the two columns gathered.
+    # source rows blended first (contiguous, vectorizes), then the columns: along a run of
+    # output columns whose two sources advance one pixel per column (``runs``), both reads
+    # are contiguous and the loop vectorizes; a column off such runs is gathered alone.
     channels, height, width = images.shape[1:]
     factors = rows.shape[0]
-    blended = np.empty(width, np.float32)
+    blended = np.empty(width + 1, np.float32)
     scale = np.float32(1.0) / np.float32(factors + 1)
+    one = np.float32(1.0)
     for index in range(first, images.shape[0], step):
         for channel in range(channels):
             plane = images[index, channel]
             target = out[index, channel]
             target[:, :] = plane
             for factor in range(factors):
+                weights = col_weights[factor]
                 for row in range(height):
                     upper, lower = rows[factor, row, 0], rows[factor, row, 1]
                     down = row_weights[factor, row]
-                    up = np.float32(1.0) - down
-                    for col in range(width):
-                        blended[col] = plane[upper, col] * up + plane[lower, col] * down
-                    for col in range(width):
-                        across = col_weights[factor, col]
-                        target[row, col] += (
-                            blended[cols[factor, col, 0]] * (np.float32(1.0) - across)
-                            + blended[cols[factor, col, 1]] * across
-                        )
+                    up = one - down
+                    above, below = plane[upper], plane[lower]
+                    # Only the columns the zoom reads (its centre), from the first run's left
+                    # source to the last column's right one.
+                    for col in range(cols[factor, 0, 0], cols[factor, width - 1, 1] + 1):
+                        blended[col] = above[col] * up + below[col] * down
+                    line = target[row]
+                    for run in range(run_counts[factor]):
+                        start, stop = runs[factor, run], runs[factor, run + 1]
+                        if stop - start == 1:
+                            across = weights[start]
+                            line[start] += (
+                                blended[cols[factor, start, 0]] * (one - across)
+                                + blended[cols[factor, start, 1]] * across
+                            )
+                            continue
+                        source = cols[factor, start, 0]
+                        left = blended[source : source + stop - start]
+                        right = blended[source + 1 : source + 1 + stop - start]
+                        part = line[start:stop]
+                        share = weights[start:stop]
+                        for col in range(stop - start):
+                            part[col] += left[col] * (one - share[col]) + right[col] * share[col]
             for row in range(height):
                 for col in range(width):
                     target[row, col] *= scale
+
+
+def _contiguous_runs(cols: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per factor, the starts of runs of output columns whose sources are (s, s + 1),
+    (s + 1, s + 2), ...: [F, W + 1] (each factor's run starts, then its width), and the run
+    counts [F]."""
+    factors, width = cols.shape[:2]
+    left, right = cols[..., 0], cols[..., 1]
+    adjacent = right == left + 1
+    continues = torch.zeros(factors, width, dtype=torch.bool)
+    continues[:, 1:] = adjacent[:, 1:] & adjacent[:, :-1] & (left[:, 1:] == left[:, :-1] + 1)
+    runs = np.full((factors, width + 1), width, dtype=np.int64)
+    counts = np.zeros(factors, dtype=np.int64)
+    for factor in range(factors):
+        starts = torch.nonzero(~continues[factor]).view(-1).numpy()
+        runs[factor, : len(starts)] = starts
+        counts[factor] = len(starts)
+    return runs, counts
 
 
 def zoom_blur(images: torch.Tensor, tables) -> torch.Tensor:
     """The compiled twin of :func:`.blur.zoom_blur` for CPU float32 images [B, C, H, W]:
     ``tables`` from :func:`.ops.clipped_zoom_tables` for every factor."""
     rows, row_weights, cols, col_weights = tables
+    runs, counts = _contiguous_runs(cols)
     return _images_from(
         _zoom_blur_share,
         images,
         rows.numpy(),
         row_weights.numpy(),
-        cols.numpy(),
+        cols.contiguous().numpy(),
         col_weights.numpy(),
+        runs,
+        counts,
     )
 
 
