@@ -529,3 +529,10 @@ def test_normal_noise_drawing_in_the_loop_equals_the_tensor_steps(speckle, size)
     assert torch.equal(kernels.normal_noise(images, drawing, 0.3, speckle), expected)
     for ours, theirs in zip(drawing, batch, strict=True):
         assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def test_compiled_levels_to_floats_equal_torch_division():
+    levels = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 2, 1)
+    out = torch.empty(levels.shape)
+    kernels.from_levels(levels, out)
+    assert torch.equal(out, torch.div(levels, 255))

@@ -293,7 +293,10 @@ def corrupt(
             corrupted = function(batch, parameter, generators, family)
             target = result[start : start + chunk]
             if corrupted.dtype == torch.uint8:  # already on the grid (JPEG)
-                torch.div(corrupted, 255, out=target)
+                if work_device.type == "cpu":
+                    kernels.from_levels(corrupted, target)
+                else:
+                    torch.div(corrupted, 255, out=target)
             elif work_device.type == "cpu" and corrupted.dtype == torch.float32:
                 kernels.finish(corrupted, target, quantize or jpeg_round_trip)
             else:
