@@ -208,6 +208,12 @@ def test_engine_draws_use_the_compiled_samplers_with_torchs_numbers():
         "zoom_blur",
         "elastic_transform",
         "fog",
+        "impulse_noise",
+        "gaussian_noise",
+        "speckle_noise",
+        "snow",
+        "pixelate",
+        "contrast",
     ],
 )
 def test_chunking_does_not_change_results(name, monkeypatch):
@@ -536,3 +542,15 @@ def test_compiled_levels_to_floats_equal_torch_division():
     out = torch.empty(levels.shape)
     kernels.from_levels(levels, out)
     assert torch.equal(out, torch.div(levels, 255))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 35)])
+def test_impulse_noise_drawing_in_the_loop_equals_the_batch_draw(size):
+    images = ops.quantize(torch.rand(3, 3, *size))
+    drawing = sampling.generators_for(torch.tensor([1, 2, 3]))
+    batch = sampling.generators_for(torch.tensor([1, 2, 3]))
+    draws = sampling.uniform(batch, (2, 3, *size))
+    expected = kernels.impulse_noise(images, draws, 0.2)
+    assert torch.equal(kernels.impulse_noise_drawing(images, drawing, 0.2), expected)
+    for ours, theirs in zip(drawing, batch, strict=True):
+        assert torch.equal(ours.get_state(), theirs.get_state())

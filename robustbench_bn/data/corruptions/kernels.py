@@ -1328,3 +1328,45 @@ def from_levels(levels: torch.Tensor, out: torch.Tensor) -> None:
     """``torch.div(levels, 255, out=out)`` for CPU uint8 ``levels`` and contiguous float32
     ``out`` of the same shape [B, ...], compiled (the same bits, about 4x faster here)."""
     _in_shares(_from_levels_share, len(levels), levels.contiguous().numpy(), out.numpy())
+
+
+@numba.njit(nogil=True, cache=True)
+def _impulse_drawing_share(images, states, amount, out, first, step):  # pragma: no cover - compiled
+    # :func:`_impulse_share` with the image's two blocks of float32 uniforms (which pixels,
+    # then salt or pepper) drawn from its generator: the first block into a buffer that stays
+    # in the cache, the second chunk by chunk as it is used.
+    count = images[0].size
+    replace = np.empty(count, np.float32)
+    salt = np.empty(mersenne.CHUNK, np.float32)
+    buffer = np.empty(mersenne.CHUNK, np.uint32)
+    for index in range(first, images.shape[0], step):
+        words, position = mersenne.open_state(states[index])
+        for start in range(0, count, mersenne.CHUNK):
+            mersenne.float32_uniforms(
+                words, position, buffer, replace[start : start + mersenne.CHUNK]
+            )
+        pixels = images[index].ravel()
+        target = out[index].ravel()
+        for start in range(0, count, mersenne.CHUNK):
+            stop = min(start + mersenne.CHUNK, count)
+            chunk = salt[: stop - start]
+            mersenne.float32_uniforms(words, position, buffer, chunk)
+            for offset in range(stop - start):
+                spot = start + offset
+                if replace[spot] < amount:
+                    target[spot] = np.float32(1.0) if chunk[offset] < 0.5 else np.float32(0.0)
+                else:
+                    target[spot] = pixels[spot]
+        mersenne.close_state(states[index], words, position)
+
+
+def impulse_noise_drawing(images: torch.Tensor, generators, amount: float) -> torch.Tensor:
+    """:func:`impulse_noise` drawing each image's uniforms [2, C, H, W] (the numbers
+    ``sampling.uniform`` would return) inside the compiled loop, then advancing the
+    generators as that draw would."""
+    stacked = torch.stack([generator.get_state() for generator in generators])
+    mersenne.check_state_layout(stacked[0].numpy())
+    out = _images_from(_impulse_drawing_share, images, stacked.numpy(), np.float32(amount))
+    for generator, state in zip(generators, stacked, strict=True):
+        generator.set_state(state.clone())
+    return out

@@ -37,6 +37,8 @@ def speckle_noise(images: torch.Tensor, scale: float, generators: Generators, fa
 def impulse_noise(images: torch.Tensor, amount: float, generators: Generators, family: str):
     # skimage.util.random_noise(mode="s&p"): every element (channels separately) is replaced
     # with probability ``amount``, by salt (1) or pepper (0) with equal odds.
+    if _draws_in_the_loop(images):
+        return kernels.impulse_noise_drawing(images, generators, float(amount))
     draws = sampling.uniform(generators, (2, *images.shape[1:]))
     if images.device.type == "cpu" and images.dtype == torch.float32:
         return kernels.impulse_noise(images, draws, float(amount))
