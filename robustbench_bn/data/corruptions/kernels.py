@@ -16,7 +16,8 @@ compilation (a few seconds).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numba
 import numpy as np
@@ -363,6 +364,17 @@ def _to_interleaved_levels_share(images, out, first, step):
         _to_interleaved_levels(images[index], out[index])
 
 
+@contextlib.contextmanager
+def _generator_states(generators) -> Iterator[np.ndarray]:
+    """The generators' states as one uint8 array [B, 5056] for compiled loops that draw from
+    them (:mod:`.mersenne`); on leaving, each generator takes back its advanced state."""
+    stacked = torch.stack([generator.get_state() for generator in generators])
+    mersenne.check_state_layout(stacked[0].numpy())
+    yield stacked.numpy()
+    for generator, state in zip(generators, stacked, strict=True):
+        generator.set_state(state.clone())
+
+
 def _in_shares(kernel: Callable[..., None], count: int, *arguments) -> None:
     run_in_shares(count, lambda first, step: kernel(*arguments, first, step))
 
@@ -444,25 +456,20 @@ def shot_noise_drawing(
     generator inside the compiled loop, then advancing the generators as the draw would."""
     batch = images.shape[0]
     pixels = images.reshape(batch, -1).contiguous()
-    states = [generator.get_state() for generator in generators]
-    stacked = torch.stack(states)
-    for state in states[:1]:
-        mersenne.check_state_layout(state.numpy())
     noisy = torch.empty_like(pixels)
     on_grid = torch.zeros(batch, dtype=torch.bool)
-    _in_shares(
-        _shot_noise_drawing_share,
-        batch,
-        pixels.numpy(),
-        stacked.numpy(),
-        table.numpy(),
-        guide.numpy(),
-        np.float32(photons),
-        noisy.numpy(),
-        on_grid.numpy(),
-    )
-    for generator, state in zip(generators, stacked, strict=True):
-        generator.set_state(state.clone())
+    with _generator_states(generators) as states:
+        _in_shares(
+            _shot_noise_drawing_share,
+            batch,
+            pixels.numpy(),
+            states,
+            table.numpy(),
+            guide.numpy(),
+            np.float32(photons),
+            noisy.numpy(),
+            on_grid.numpy(),
+        )
     return noisy.view_as(images), on_grid
 
 
@@ -548,13 +555,10 @@ def glass_sweeps_drawing(pixels: torch.Tensor, generators, delta: int, iteration
     """:func:`glass_sweeps` drawing each image's shifts from its generator inside the
     compiled loop (delta below 64), then advancing the generators as the draw would."""
     moved = pixels.contiguous().clone()
-    stacked = torch.stack([generator.get_state() for generator in generators])
-    mersenne.check_state_layout(stacked[0].numpy())
-    _in_shares(
-        _glass_sweeps_drawing_share, len(moved), moved.numpy(), stacked.numpy(), delta, iterations
-    )
-    for generator, state in zip(generators, stacked, strict=True):
-        generator.set_state(state.clone())
+    with _generator_states(generators) as states:
+        _in_shares(
+            _glass_sweeps_drawing_share, len(moved), moved.numpy(), states, delta, iterations
+        )
     return moved
 
 
@@ -583,12 +587,8 @@ def normal_noise(images: torch.Tensor, generators, scale: float, speckle: bool) 
     """Gaussian (or, with ``speckle``, speckle) noise on CPU float32 images [B, C, H, W] of 16
     or more numbers each, drawing the normals ``sampling.normal`` would return inside the
     compiled loop and advancing the generators as that draw would."""
-    stacked = torch.stack([generator.get_state() for generator in generators])
-    mersenne.check_state_layout(stacked[0].numpy())
-    out = _images_from(_normal_noise_share, images, stacked.numpy(), np.float32(scale), speckle)
-    for generator, state in zip(generators, stacked, strict=True):
-        generator.set_state(state.clone())
-    return out
+    with _generator_states(generators) as states:
+        return _images_from(_normal_noise_share, images, states, np.float32(scale), speckle)
 
 
 def glass_sweeps(pixels: torch.Tensor, shifts: torch.Tensor, delta: int) -> torch.Tensor:
@@ -1364,9 +1364,5 @@ def impulse_noise_drawing(images: torch.Tensor, generators, amount: float) -> to
     """:func:`impulse_noise` drawing each image's uniforms [2, C, H, W] (the numbers
     ``sampling.uniform`` would return) inside the compiled loop, then advancing the
     generators as that draw would."""
-    stacked = torch.stack([generator.get_state() for generator in generators])
-    mersenne.check_state_layout(stacked[0].numpy())
-    out = _images_from(_impulse_drawing_share, images, stacked.numpy(), np.float32(amount))
-    for generator, state in zip(generators, stacked, strict=True):
-        generator.set_state(state.clone())
-    return out
+    with _generator_states(generators) as states:
+        return _images_from(_impulse_drawing_share, images, states, np.float32(amount))
