@@ -1016,21 +1016,18 @@ def motion_blur(images: torch.Tensor, shifts: torch.Tensor, weights: torch.Tenso
     )
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _rgb_planes(images, index):  # pragma: no cover - compiled
+    return images[index, 0].ravel(), images[index, 1].ravel(), images[index, 2].ravel()
+
+
 @numba.njit(nogil=True, cache=True)
 def _brightness_share(images, shift, out, first, step):  # pragma: no cover - compiled
     # :func:`.digital.brightness` in float32, operation for operation.
     tiny = np.float32(1e-12)
     for index in range(first, images.shape[0], step):
-        red, green, blue = (
-            images[index, 0].ravel(),
-            images[index, 1].ravel(),
-            images[index, 2].ravel(),
-        )
-        out_red, out_green, out_blue = (
-            out[index, 0].ravel(),
-            out[index, 1].ravel(),
-            out[index, 2].ravel(),
-        )
+        red, green, blue = _rgb_planes(images, index)
+        out_red, out_green, out_blue = _rgb_planes(out, index)
         for position in range(red.shape[0]):
             r, g, b = red[position], green[position], blue[position]
             value = max(max(r, g), b)
@@ -1052,16 +1049,8 @@ def _saturate_share(images, scale, offset, out, first, step):  # pragma: no cove
     # :func:`.digital.saturate` in float32, operation for operation.
     tiny, zero, one = np.float32(1e-12), np.float32(0.0), np.float32(1.0)
     for index in range(first, images.shape[0], step):
-        red, green, blue = (
-            images[index, 0].ravel(),
-            images[index, 1].ravel(),
-            images[index, 2].ravel(),
-        )
-        out_red, out_green, out_blue = (
-            out[index, 0].ravel(),
-            out[index, 1].ravel(),
-            out[index, 2].ravel(),
-        )
+        red, green, blue = _rgb_planes(images, index)
+        out_red, out_green, out_blue = _rgb_planes(out, index)
         for position in range(red.shape[0]):
             r, g, b = red[position], green[position], blue[position]
             value = max(max(r, g), b)

@@ -258,17 +258,6 @@ def _sin_cos(angle):  # pragma: no cover - compiled
     )
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _float32_uniform(word):  # pragma: no cover - compiled
-    return np.float32((word & np.uint32(0xFFFFFF)) * (1.0 / 16777216.0))
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _float64_uniform(high, low):  # pragma: no cover - compiled
-    both = (np.uint64(high) << np.uint64(32)) | np.uint64(low)
-    return np.float64(both & np.uint64((1 << 53) - 1)) * (1.0 / 9007199254740992.0)
-
-
 def _box_muller_for(single: bool):
     """torch's Box-Muller over blocks of 16 uniforms, compiled for float32 (``single``: each
     step rounded to float32 like torch's float32 sampler) or float64 (a flag checked inside

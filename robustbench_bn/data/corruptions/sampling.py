@@ -109,8 +109,19 @@ def _compiled(
     return fill
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
+def _fill(
+    shape: tuple[int, ...], draw: Callable[..., object], kernel=None, *arguments
+) -> Callable[[torch.Tensor, torch.Generator], None]:
+    """The per-image ``fill``: the compiled ``kernel`` of :mod:`.mersenne` (None: there is
+    none for this draw) for draws of :data:`_SMALLEST_COMPILED_DRAW` numbers or more, else
+    torch's ``draw(shape, generator=..., out=...)``."""
+    if kernel is not None and math.prod(shape) >= _SMALLEST_COMPILED_DRAW:
+        return _compiled(kernel, *arguments)
+
+    def fill(out: torch.Tensor, generator: torch.Generator) -> None:
+        draw(shape, generator=generator, out=out)
+
+    return fill
 
 
 def uniform(
@@ -121,15 +132,8 @@ def uniform(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """[B, *shape] uniform in [low, high), one draw call per image."""
-    kernels = {torch.float32: mersenne.uniform_float32, torch.float64: mersenne.uniform_float64}
-    if dtype in kernels and _numel(shape) >= _SMALLEST_COMPILED_DRAW:
-        fill = _compiled(kernels[dtype])
-    else:
-
-        def fill(out: torch.Tensor, generator: torch.Generator) -> None:
-            torch.rand(shape, generator=generator, out=out)
-
-    draws = per_image(generators, shape, dtype, fill)
+    kernel = {torch.float32: mersenne.uniform_float32, torch.float64: mersenne.uniform_float64}
+    draws = per_image(generators, shape, dtype, _fill(shape, torch.rand, kernel.get(dtype)))
     if low == 0.0 and high == 1.0:
         return draws  # x * 1 + 0 is x: two full passes saved
     return draws * (high - low) + low
@@ -137,24 +141,14 @@ def uniform(
 
 def normal(generators: Generators, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
     """[B, *shape] standard normal, one draw call per image."""
-    kernels = {torch.float32: mersenne.normal_float32, torch.float64: mersenne.normal_float64}
-    if dtype in kernels and _numel(shape) >= _SMALLEST_COMPILED_DRAW:
-        fill = _compiled(kernels[dtype])
-    else:
-
-        def fill(out: torch.Tensor, generator: torch.Generator) -> None:
-            torch.randn(shape, generator=generator, out=out)
-
-    return per_image(generators, shape, dtype, fill)
+    kernel = {torch.float32: mersenne.normal_float32, torch.float64: mersenne.normal_float64}
+    return per_image(generators, shape, dtype, _fill(shape, torch.randn, kernel.get(dtype)))
 
 
 def integers(generators: Generators, low: int, high: int, shape: tuple[int, ...]) -> torch.Tensor:
     """[B, *shape] int64 in [low, high) (numpy's randint convention)."""
-    if 1 <= high - low < 1 << 28 and _numel(shape) >= _SMALLEST_COMPILED_DRAW:
-        fill = _compiled(mersenne.integers, int(low), int(high - low))
-    else:
-
-        def fill(out: torch.Tensor, generator: torch.Generator) -> None:
-            torch.randint(low, high, shape, generator=generator, out=out)
-
+    # torch draws one word per number for spans below 2^28 only, as the compiled loop does.
+    kernel = mersenne.integers if 1 <= high - low < 1 << 28 else None
+    draw = functools.partial(torch.randint, low, high)
+    fill = _fill(shape, draw, kernel, int(low), int(high - low))
     return per_image(generators, shape, torch.int64, fill)
