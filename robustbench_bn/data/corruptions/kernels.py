@@ -863,81 +863,94 @@ def elastic_resample(
     )
 
 
+@numba.njit(inline="always")
+def _transposed_from_memory(source, target):  # pragma: no cover - compiled
+    # target[c, r] = source[r, c], the source not yet in cache: one target row at a time
+    # (measured here: 0.57 ns per value against 1.2 for 8 x 8 tiles).
+    rows, cols = source.shape
+    for col in range(cols):
+        line = target[col]
+        for row in range(rows):
+            line[row] = source[row, col]
+
+
+@numba.njit(inline="always")
+def _transposed_scaled(source, target, scale):  # pragma: no cover - compiled
+    # target[c, r] = source[r, c] * scale, the source in cache: whole 8 x 8 tiles (fixed
+    # trip counts, which numba unrolls: three times faster here than tiles with computed
+    # bounds), then the rows and columns past the last whole tile.
+    rows, cols = source.shape
+    whole_rows, whole_cols = rows - rows % 8, cols - cols % 8
+    for top in range(0, whole_rows, 8):
+        for left in range(0, whole_cols, 8):
+            for col in range(8):
+                for row in range(8):
+                    target[left + col, top + row] = source[top + row, left + col] * scale
+    for row in range(whole_rows, rows):
+        for col in range(cols):
+            target[col, row] = source[row, col] * scale
+    for col in range(whole_cols, cols):
+        for row in range(whole_rows):
+            target[col, row] = source[row, col] * scale
+
+
 @numba.njit(nogil=True, cache=True)
-def _zoom_blur_share(
-    images, rows, row_weights, cols, col_weights, runs, run_counts, out, first, step
-):
+def _zoom_blur_share(images, rows, row_weights, cols, col_weights, out, first, step):
     # pragma: no cover - compiled
-    # The image plus each factor's zoom, over (1 + factors): per zoom and output row, the two
-    # source rows blended first (contiguous, vectorizes), then the columns: along a run of
-    # output columns whose two sources advance one pixel per column (``runs``), both reads
-    # are contiguous and the loop vectorizes; a column off such runs is gathered alone.
+    # The image plus each factor's zoom, over (1 + factors), summed transposed: per zoom,
+    # the two source rows of each output row blended (contiguous), written transposed eight
+    # rows at a time, so the blend of each output column's two source columns is again two
+    # contiguous rows; the sum is transposed back once. Same arithmetic, in the same order,
+    # as blending rows then columns in place.
     channels, height, width = images.shape[1:]
     factors = rows.shape[0]
-    blended = np.empty(width + 1, np.float32)
+    total = np.empty((width, height), np.float32)
+    across = np.empty((width, height), np.float32)
+    blended = np.empty((8, width), np.float32)
     scale = np.float32(1.0) / np.float32(factors + 1)
     one = np.float32(1.0)
     for index in range(first, images.shape[0], step):
         for channel in range(channels):
             plane = images[index, channel]
-            target = out[index, channel]
-            target[:, :] = plane
+            _transposed_from_memory(plane, total)
             for factor in range(factors):
-                weights = col_weights[factor]
-                for row in range(height):
-                    upper, lower = rows[factor, row, 0], rows[factor, row, 1]
-                    down = row_weights[factor, row]
-                    up = one - down
-                    above, below = plane[upper], plane[lower]
-                    # Only the columns the zoom reads (its centre), from the first run's left
-                    # source to the last column's right one.
-                    for col in range(cols[factor, 0, 0], cols[factor, width - 1, 1] + 1):
-                        blended[col] = above[col] * up + below[col] * down
-                    line = target[row]
-                    for run in range(run_counts[factor]):
-                        start, stop = runs[factor, run], runs[factor, run + 1]
-                        if stop - start == 1:
-                            across = weights[start]
-                            line[start] += (
-                                blended[cols[factor, start, 0]] * (one - across)
-                                + blended[cols[factor, start, 1]] * across
-                            )
-                            continue
-                        source = cols[factor, start, 0]
-                        left = blended[source : source + stop - start]
-                        right = blended[source + 1 : source + 1 + stop - start]
-                        part = line[start:stop]
-                        share = weights[start:stop]
+                # Only the columns the zoom reads (its centre).
+                start = cols[factor, 0, 0]
+                stop = cols[factor, width - 1, 1] + 1
+                for top in range(0, height, 8):
+                    bottom = min(top + 8, height)
+                    for row in range(top, bottom):
+                        upper, lower = rows[factor, row, 0], rows[factor, row, 1]
+                        down = row_weights[factor, row]
+                        up = one - down
+                        above = plane[upper, start:stop]
+                        below = plane[lower, start:stop]
+                        line = blended[row - top, start:stop]
                         for col in range(stop - start):
-                            part[col] += left[col] * (one - share[col]) + right[col] * share[col]
-            for row in range(height):
+                            line[col] = above[col] * up + below[col] * down
+                    if bottom - top == 8:  # a fixed trip count: unrolled
+                        for col in range(start, stop):
+                            for row in range(8):
+                                across[col, top + row] = blended[row, col]
+                    else:
+                        for col in range(start, stop):
+                            for row in range(bottom - top):
+                                across[col, top + row] = blended[row, col]
                 for col in range(width):
-                    target[row, col] *= scale
-
-
-def _contiguous_runs(cols: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per factor, the starts of runs of output columns whose sources are (s, s + 1),
-    (s + 1, s + 2), ...: [F, W + 1] (each factor's run starts, then its width), and the run
-    counts [F]."""
-    factors, width = cols.shape[:2]
-    left, right = cols[..., 0], cols[..., 1]
-    adjacent = right == left + 1
-    continues = torch.zeros(factors, width, dtype=torch.bool)
-    continues[:, 1:] = adjacent[:, 1:] & adjacent[:, :-1] & (left[:, 1:] == left[:, :-1] + 1)
-    runs = np.full((factors, width + 1), width, dtype=np.int64)
-    counts = np.zeros(factors, dtype=np.int64)
-    for factor in range(factors):
-        starts = torch.nonzero(~continues[factor]).view(-1).numpy()
-        runs[factor, : len(starts)] = starts
-        counts[factor] = len(starts)
-    return runs, counts
+                    left, right = cols[factor, col, 0], cols[factor, col, 1]
+                    share = col_weights[factor, col]
+                    keep = one - share
+                    line = total[col]
+                    first_source, second_source = across[left], across[right]
+                    for row in range(height):
+                        line[row] += first_source[row] * keep + second_source[row] * share
+            _transposed_scaled(total, out[index, channel], scale)
 
 
 def zoom_blur(images: torch.Tensor, tables) -> torch.Tensor:
     """The compiled twin of :func:`.blur.zoom_blur` for CPU float32 images [B, C, H, W]:
     ``tables`` from :func:`.ops.clipped_zoom_tables` for every factor."""
     rows, row_weights, cols, col_weights = tables
-    runs, counts = _contiguous_runs(cols)
     return _images_from(
         _zoom_blur_share,
         images,
@@ -945,8 +958,6 @@ def zoom_blur(images: torch.Tensor, tables) -> torch.Tensor:
         row_weights.numpy(),
         cols.contiguous().numpy(),
         col_weights.numpy(),
-        runs,
-        counts,
     )
 
 
