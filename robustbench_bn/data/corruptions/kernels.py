@@ -625,7 +625,22 @@ def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out
         weight = taps[0]
         for col in range(width):
             line[col] = padded[col] * weight
-        for tap in range(1, count):
+        tap = 1
+        while tap + 4 <= count:
+            # Four taps per pass, added one after another in a register: the same sums, in
+            # the same order, with a quarter of the loads and stores of the running sum.
+            first, second, third, fourth = taps[tap], taps[tap + 1], taps[tap + 2], taps[tap + 3]
+            one = padded[tap : tap + width]
+            two = padded[tap + 1 : tap + 1 + width]
+            three = padded[tap + 2 : tap + 2 + width]
+            four = padded[tap + 3 : tap + 3 + width]
+            for col in range(width):
+                value = line[col] + one[col] * first
+                value = value + two[col] * second
+                value = value + three[col] * third
+                line[col] = value + four[col] * fourth
+            tap += 4
+        for tap in range(tap, count):
             weight = taps[tap]
             window = padded[tap : tap + width]
             for col in range(width):
@@ -636,7 +651,20 @@ def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out
         source = across[row_sources[row]]
         for col in range(width):
             line[col] = source[col] * weight
-        for tap in range(1, count):
+        tap = 1
+        while tap + 4 <= count:
+            first, second, third, fourth = taps[tap], taps[tap + 1], taps[tap + 2], taps[tap + 3]
+            one = across[row_sources[row + tap]]
+            two = across[row_sources[row + tap + 1]]
+            three = across[row_sources[row + tap + 2]]
+            four = across[row_sources[row + tap + 3]]
+            for col in range(width):
+                value = line[col] + one[col] * first
+                value = value + two[col] * second
+                value = value + three[col] * third
+                line[col] = value + four[col] * fourth
+            tap += 4
+        for tap in range(tap, count):
             weight = taps[tap]
             source = across[row_sources[row + tap]]
             for col in range(width):
