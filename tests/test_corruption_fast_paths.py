@@ -331,6 +331,27 @@ def test_compiled_separable_filter_equals_shifted_adds(dtype, mode):
     )
 
 
+@pytest.mark.parametrize(
+    ("size", "sigma", "compiled"),
+    [(224, 4.0, True), (224, 6.0, True), (224, 19.52, False), (32, 0.4, False), (32, 0.2, True)],
+)
+def test_gaussian_filter_path_by_kernel_length_and_image_size(monkeypatch, size, sigma, compiled):
+    # From 128 px on the compiled filter takes kernels up to a third of the axis (33 and 49
+    # taps at 224 px), smaller images keep the one-eighth rule, so their numbers stay; both
+    # paths agree within float32 rounding.
+    images = torch.rand(1, 3, size, size)
+    calls = []
+    original = kernels.separable_filter
+    monkeypatch.setattr(
+        kernels, "separable_filter", lambda *arguments: calls.append(1) or original(*arguments)
+    )
+    filtered = ops.gaussian_filter(images, sigma, "nearest")
+    assert bool(calls) == compiled
+    taps = ops.gaussian_taps(sigma)
+    by_tensors = ops.correlate1d(ops.correlate1d(images, taps, -1, "nearest"), taps, -2, "nearest")
+    assert torch.allclose(filtered, by_tensors, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("size", [32, 64, 256])
 def test_compiled_plasma_fractal_equals_the_grid_version(size):
     from robustbench_bn.data.corruptions import weather

@@ -640,9 +640,9 @@ def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out
                 value = value + three[col] * third
                 line[col] = value + four[col] * fourth
             tap += 4
-        for tap in range(tap, count):
-            weight = taps[tap]
-            window = padded[tap : tap + width]
+        for remaining in range(tap, count):
+            weight = taps[remaining]
+            window = padded[remaining : remaining + width]
             for col in range(width):
                 line[col] += window[col] * weight
     for row in range(height):
@@ -664,9 +664,9 @@ def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out
                 value = value + three[col] * third
                 line[col] = value + four[col] * fourth
             tap += 4
-        for tap in range(tap, count):
-            weight = taps[tap]
-            source = across[row_sources[row + tap]]
+        for remaining in range(tap, count):
+            weight = taps[remaining]
+            source = across[row_sources[row + remaining]]
             for col in range(width):
                 line[col] += source[col] * weight
 
