@@ -543,6 +543,14 @@ def test_glass_sweeps_drawing_in_the_loop_equal_the_batch_draw(delta, iterations
     assert torch.equal(kernels.glass_sweeps_drawing(pixels, drawing, delta, iterations), expected)
     for ours, theirs in zip(drawing, batch, strict=True):
         assert torch.equal(ours.get_state(), theirs.get_state())
+    # Quantizing in the same loop (the glass blur's CPU path) starts from the same levels.
+    blurred = torch.rand(3, 3, 40, 36) * 1.2 - 0.1
+    quantizing = sampling.generators_for(torch.tensor([5, 6, 7]))
+    reference = sampling.generators_for(torch.tensor([5, 6, 7]))
+    fused = kernels.glass_sweeps_drawing(blurred, quantizing, delta, iterations, quantize=True)
+    stepwise = kernels.glass_sweeps_drawing(ops.quantize(blurred), reference, delta, iterations)
+    assert torch.equal(fused, stepwise)
+    assert not torch.equal(fused, ops.quantize(blurred))  # the sweeps moved pixels
 
 
 @pytest.mark.parametrize("speckle", [False, True])

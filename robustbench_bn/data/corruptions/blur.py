@@ -62,22 +62,22 @@ def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: 
     """
     sigma, delta, iterations = parameter
     blurred = ops.gaussian_filter(images, sigma, mode="nearest")
-    if blurred.device.type == "cpu" and blurred.dtype == torch.float32:
-        pixels = torch.empty_like(blurred)
-        kernels.finish(blurred, pixels, True)  # ops.quantize in one compiled pass
-    else:
-        pixels = ops.quantize(blurred)
-    batch, channels, height, width = pixels.shape
+    batch, channels, height, width = blurred.shape
     rows = torch.arange(delta + 1, height - delta + 1)
     cols = torch.arange(delta + 1, width - delta + 1)
+    compiled = blurred.device.type == "cpu" and blurred.dtype == torch.float32 and delta < 64
+    if compiled and len(rows) and len(cols):
+        # Quantized and swept image by image in one compiled loop, drawing the shifts there:
+        # the same numbers as the steps below.
+        shuffled = kernels.glass_sweeps_drawing(
+            blurred, generators, delta, iterations, quantize=True
+        )
+        return ops.gaussian_filter(shuffled, sigma, mode="nearest")
+    pixels = ops.quantize(blurred)
     if len(rows) == 0 or len(cols) == 0:
         return ops.gaussian_filter(pixels, sigma, mode="nearest")
-    if pixels.device.type == "cpu" and delta < 64:
-        # The shifts are drawn inside the compiled sweeps: the same numbers.
-        shuffled = kernels.glass_sweeps_drawing(pixels, generators, delta, iterations)
-    else:
-        shifts = sampling.integers(generators, -delta, delta, (iterations, len(rows), len(cols), 2))
-        shuffled = _glass_sweeps_by_pointer_doubling(pixels, shifts, delta)
+    shifts = sampling.integers(generators, -delta, delta, (iterations, len(rows), len(cols), 2))
+    shuffled = _glass_sweeps_by_pointer_doubling(pixels, shifts, delta)
     return ops.gaussian_filter(shuffled, sigma, mode="nearest")
 
 

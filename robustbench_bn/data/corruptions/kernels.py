@@ -531,33 +531,51 @@ def distance_to_edges(edges: torch.Tensor, cap: int) -> torch.Tensor:
 
 
 @numba.njit(nogil=True, cache=True)
-def _glass_sweeps_drawing_share(pixels, states, delta, iterations, first, step):
+def _glass_sweeps_drawing_share(sources, states, delta, iterations, quantize, moved, first, step):
     # pragma: no cover - compiled
     # :func:`_glass_sweeps` drawing each iteration's shifts (rows x cols x (dx, dy) in
     # [-delta, delta), the numbers ``sampling.integers`` would return) from the image's
-    # generator into a small int8 buffer that stays in the cache.
-    channels, height, width = pixels.shape[1:]
+    # generator into a small int8 buffer that stays in the cache. Each image is first copied
+    # (or clamped and quantized, :func:`_finish`) into ``moved`` by the same thread, so the
+    # sweeps find it in the cache.
+    channels, height, width = sources.shape[1:]
     rows, cols = height - 2 * delta, width - 2 * delta
     shifts = np.empty((1, rows, cols, 2), np.int8)
     flat = shifts.ravel()
     buffer = np.empty(mersenne.CHUNK, np.uint32)
-    for index in range(first, pixels.shape[0], step):
+    for index in range(first, sources.shape[0], step):
+        if quantize:
+            _finish(sources[index], moved[index], True)
+        else:
+            moved[index] = sources[index]
         words, position = mersenne.open_state(states[index])
         for _ in range(iterations):
             for start in range(0, flat.size, mersenne.CHUNK):
                 target = flat[start : start + mersenne.CHUNK]
                 mersenne.integer_chunk(words, position, buffer, target, -delta, 2 * delta)
-            _glass_sweeps(pixels[index], shifts, delta)
+            _glass_sweeps(moved[index], shifts, delta)
         mersenne.close_state(states[index], words, position)
 
 
-def glass_sweeps_drawing(pixels: torch.Tensor, generators, delta: int, iterations: int):
+def glass_sweeps_drawing(
+    pixels: torch.Tensor, generators, delta: int, iterations: int, quantize: bool = False
+) -> torch.Tensor:
     """:func:`glass_sweeps` drawing each image's shifts from its generator inside the
-    compiled loop (delta below 64), then advancing the generators as the draw would."""
-    moved = pixels.contiguous().clone()
+    compiled loop (delta below 64), then advancing the generators as the draw would. With
+    ``quantize``, ``pixels`` (float32) are first clamped and quantized as :func:`finish` does,
+    in the same loop."""
+    sources = pixels.contiguous()
+    moved = torch.empty_like(sources)
     with _generator_states(generators) as states:
         _in_shares(
-            _glass_sweeps_drawing_share, len(moved), moved.numpy(), states, delta, iterations
+            _glass_sweeps_drawing_share,
+            len(moved),
+            sources.numpy(),
+            states,
+            delta,
+            iterations,
+            quantize,
+            moved.numpy(),
         )
     return moved
 
