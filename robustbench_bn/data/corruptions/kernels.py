@@ -619,6 +619,19 @@ def glass_sweeps(pixels: torch.Tensor, shifts: torch.Tensor, delta: int) -> torc
     return moved
 
 
+@numba.njit(inline="always")
+def _add_four_taps(line, one, two, three, four, taps, tap):  # pragma: no cover - compiled
+    # line += one * taps[tap] + ... + four * taps[tap + 3], added one after another in a
+    # register: the same sums, in the same order, as four passes, with a quarter of the
+    # loads and stores of the running sum.
+    first, second, third, fourth = taps[tap], taps[tap + 1], taps[tap + 2], taps[tap + 3]
+    for col in range(line.size):
+        value = line[col] + one[col] * first
+        value = value + two[col] * second
+        value = value + three[col] * third
+        line[col] = value + four[col] * fourth
+
+
 @numba.njit(nogil=True, cache=True)
 def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out):
     # pragma: no cover - compiled
@@ -645,18 +658,15 @@ def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out
             line[col] = padded[col] * weight
         tap = 1
         while tap + 4 <= count:
-            # Four taps per pass, added one after another in a register: the same sums, in
-            # the same order, with a quarter of the loads and stores of the running sum.
-            first, second, third, fourth = taps[tap], taps[tap + 1], taps[tap + 2], taps[tap + 3]
-            one = padded[tap : tap + width]
-            two = padded[tap + 1 : tap + 1 + width]
-            three = padded[tap + 2 : tap + 2 + width]
-            four = padded[tap + 3 : tap + 3 + width]
-            for col in range(width):
-                value = line[col] + one[col] * first
-                value = value + two[col] * second
-                value = value + three[col] * third
-                line[col] = value + four[col] * fourth
+            _add_four_taps(
+                line,
+                padded[tap : tap + width],
+                padded[tap + 1 : tap + 1 + width],
+                padded[tap + 2 : tap + 2 + width],
+                padded[tap + 3 : tap + 3 + width],
+                taps,
+                tap,
+            )
             tap += 4
         for remaining in range(tap, count):
             weight = taps[remaining]
@@ -671,16 +681,15 @@ def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out
             line[col] = source[col] * weight
         tap = 1
         while tap + 4 <= count:
-            first, second, third, fourth = taps[tap], taps[tap + 1], taps[tap + 2], taps[tap + 3]
-            one = across[row_sources[row + tap]]
-            two = across[row_sources[row + tap + 1]]
-            three = across[row_sources[row + tap + 2]]
-            four = across[row_sources[row + tap + 3]]
-            for col in range(width):
-                value = line[col] + one[col] * first
-                value = value + two[col] * second
-                value = value + three[col] * third
-                line[col] = value + four[col] * fourth
+            _add_four_taps(
+                line,
+                across[row_sources[row + tap]],
+                across[row_sources[row + tap + 1]],
+                across[row_sources[row + tap + 2]],
+                across[row_sources[row + tap + 3]],
+                taps,
+                tap,
+            )
             tap += 4
         for remaining in range(tap, count):
             weight = taps[remaining]
