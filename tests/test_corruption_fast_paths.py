@@ -5,11 +5,14 @@ run), threaded draws against a serial loop, FFT lengths, and chunking."""
 from __future__ import annotations
 
 import itertools
+import platform
+import sys
 
 import pytest
 import torch
 
 from robustbench_bn.data.corruptions import (
+    allocation,
     blur,
     corrupt,
     image_seeds,
@@ -583,3 +586,36 @@ def test_impulse_noise_drawing_in_the_loop_equals_the_batch_draw(size):
     assert torch.equal(kernels.impulse_noise_drawing(images, drawing, 0.2), expected)
     for ours, theirs in zip(drawing, batch, strict=True):
         assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def _page_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _faults_of_a_fresh_64_mb_buffer() -> int:
+    before = _page_faults()
+    buffer = torch.empty(64 << 20, dtype=torch.uint8)
+    buffer.fill_(1)  # touches every page
+    faults = _page_faults() - before
+    del buffer
+    return faults
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt thresholds are glibc's",
+)
+def test_freed_batch_buffers_are_reused_without_page_faults():
+    # Above 32 MB glibc maps every block afresh by default: 16,384 faults per 64 MB buffer,
+    # every time. Kept in the heap, the buffers settle into reused space within a few rounds
+    # (the first ones land above small blocks allocated in between).
+    assert allocation.keep_freed_memory()
+    faults = [_faults_of_a_fresh_64_mb_buffer() for _ in range(16)]
+    assert sum(faults[-4:]) < 4_096, faults
+
+
+def test_keeping_freed_memory_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv(allocation.ENVIRONMENT_VARIABLE, "0")
+    assert allocation.keep_freed_memory.__wrapped__() is False

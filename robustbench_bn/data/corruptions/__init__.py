@@ -21,7 +21,16 @@ from collections.abc import Callable
 
 import torch
 
-from robustbench_bn.data.corruptions import blur, digital, kernels, noise, ops, spatter, weather
+from robustbench_bn.data.corruptions import (
+    allocation,
+    blur,
+    digital,
+    kernels,
+    noise,
+    ops,
+    spatter,
+    weather,
+)
 from robustbench_bn.data.corruptions.parameters import TABLES
 from robustbench_bn.data.corruptions.sampling import generators_for
 from robustbench_bn.errors import ConfigurationError
@@ -263,6 +272,10 @@ def corrupt(
     output_device = images.device
     work_device = torch.device(device) if device is not None else images.device
     clean = images.detach().to(work_device, torch.float32)
+    if work_device.type == "cpu":
+        # Batch-sized buffers reuse freed heap memory instead of page-faulting fresh pages
+        # on every call (see :mod:`.allocation`; once per process, no number changes).
+        allocation.keep_freed_memory()
     chunk_pixels = _CHUNK_PIXELS_FOR.get(corruption, _CHUNK_PIXELS)
     chunk = max(1, chunk_pixels // (clean.shape[-1] * clean.shape[-2]))
     if corruption in _UNCHUNKED and not jpeg_round_trip:
