@@ -6,9 +6,9 @@ float32 each, float64 twice that). glibc's malloc hands out anything above its m
 kernel and returns them on ``free``, and heap memory above its trim threshold goes back the
 same way; every fresh 4 kB page then costs a page fault and the kernel's zeroing when first
 written. Measured on this project's 2-core machine (getrusage, 48 images at 224 px): motion
-blur took 7,045 faults per call, zoom blur and contrast 4,704 each, and over all 19
-corruptions about 900,000 per 15 sweeps, at 3-7 us each (more than the arithmetic of
-several corruptions).
+blur took 7,045 faults per call, zoom blur and contrast 4,704 each, and 19 corruptions x 5
+severities x 4 calls took 0.9-1.1 million (252,000 with this module's setting), at 3-7 us
+each (more than the arithmetic of several corruptions).
 
 :func:`keep_freed_memory` raises both thresholds once per process (``mallopt``), so freed
 blocks stay in the heap and the next call's buffers of the same sizes reuse already-mapped
@@ -49,8 +49,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    # mallopt returns 1 on success; setting the trim threshold first keeps the heap from
-    # being trimmed between the two calls.
+    # mallopt returns 1 on success; a set threshold also stops glibc adjusting it.
     trimmed = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     mapped = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     return trimmed and mapped
