@@ -283,14 +283,22 @@ def test_compiled_box_resize_equals_the_sparse_and_dense_products(size, target):
     assert torch.allclose(compiled, dense, atol=1e-6)
 
 
-def test_compiled_levels_equal_to_uint8():
+def test_compiled_interleaved_levels_equal_to_uint8():
     images = torch.rand(3, 3, 20, 30) * 1.4 - 0.2
     images[0, 0, 0, :3] = torch.tensor([7 / 255, 1.0, 0.0])  # exact levels stay put
-    expected = ops.to_uint8(images.clone()).permute(0, 2, 3, 1)
-    assert torch.equal(kernels.to_interleaved_levels(images), expected)
-    strided = images[:, :, ::2, 1:]
-    expected = ops.to_uint8(strided.clone()).permute(0, 2, 3, 1)
-    assert torch.equal(kernels.to_interleaved_levels(strided), expected)
+    for image in (images[0], images[1, :, ::2, 1:]):  # contiguous, and strided
+        expected = ops.to_uint8(image.clone()).permute(1, 2, 0)
+        interleaved = torch.empty(expected.shape, dtype=torch.uint8)
+        kernels.interleaved_levels(image.numpy(), interleaved.numpy())
+        assert torch.equal(interleaved, expected)
+
+
+def test_compiled_planes_from_levels_equal_torch_division():
+    levels = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 1).permute(0, 2, 1)  # [2,256,3]
+    levels = levels.contiguous()
+    out = torch.empty(3, 2, 256)
+    kernels.planes_from_levels(levels.numpy(), out.numpy())
+    assert torch.equal(out, torch.div(levels.permute(2, 0, 1), 255))
 
 
 def test_jpeg_matches_a_pil_round_trip():
@@ -308,7 +316,11 @@ def test_jpeg_matches_a_pil_round_trip():
         stored = io.BytesIO()
         Image.fromarray(levels).save(stored, "JPEG", quality=80)
         reloaded = np.asarray(Image.open(io.BytesIO(stored.getvalue())))
-        assert np.array_equal(ours.permute(1, 2, 0).numpy(), reloaded)
+        expected = torch.div(torch.from_numpy(reloaded.copy()).permute(2, 0, 1), 255)
+        assert torch.equal(ours, expected)
+    # The tensor-operation path (any dtype or device) and writing over the input agree.
+    assert torch.equal(digital.jpeg(images.double(), 80), decoded)
+    assert torch.equal(digital.jpeg(images, 80, out=images), decoded)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -567,13 +579,6 @@ def test_normal_noise_drawing_in_the_loop_equals_the_tensor_steps(speckle, size)
     assert torch.equal(kernels.normal_noise(images, drawing, 0.3, speckle), expected)
     for ours, theirs in zip(drawing, batch, strict=True):
         assert torch.equal(ours.get_state(), theirs.get_state())
-
-
-def test_compiled_levels_to_floats_equal_torch_division():
-    levels = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 2, 1)
-    out = torch.empty(levels.shape)
-    kernels.from_levels(levels, out)
-    assert torch.equal(out, torch.div(levels, 255))
 
 
 @pytest.mark.parametrize("size", [(32, 32), (33, 35)])

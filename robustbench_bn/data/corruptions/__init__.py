@@ -141,6 +141,9 @@ _CHUNK_PIXELS_FOR = {
 #: Corruptions done image by image with no batch-sized intermediates, which chunking would
 #: only split into more, unevenly shared, thread-pool rounds.
 _UNCHUNKED = frozenset({"jpeg_compression"})
+#: Corruptions whose results lie on the uint8 grid already and that can write them straight
+#: into the result (``out=``), with no intermediate batch and no finishing pass.
+_WRITE_INTO_RESULT = frozenset({"jpeg_compression"})
 
 
 def family_for_size(image_size: int) -> str:
@@ -229,7 +232,7 @@ def jpeg_round_trip(images: torch.Tensor, quality: int = RELEASE_JPEG_QUALITY) -
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ConfigurationError(f"JPEG quality must be an integer from 1 to 100, got {quality!r}.")
     device = images.device
-    return (digital.jpeg(images.detach().float().cpu(), quality).float() / 255).to(device)
+    return digital.jpeg(images.detach().float().cpu(), quality).to(device)
 
 
 def corrupt(
@@ -303,20 +306,18 @@ def corrupt(
             if not in_range:
                 batch = batch.clamp(0, 1)
             generators = generators_for(seeds[start : start + chunk])
-            corrupted = function(batch, parameter, generators, family)
             target = result[start : start + chunk]
-            if corrupted.dtype == torch.uint8:  # already on the grid (JPEG)
-                if work_device.type == "cpu":
-                    kernels.from_levels(corrupted, target)
-                else:
-                    torch.div(corrupted, 255, out=target)
-            elif work_device.type == "cpu" and corrupted.dtype == torch.float32:
-                kernels.finish(corrupted, target, quantize or jpeg_round_trip)
+            if corruption in _WRITE_INTO_RESULT:
+                function(batch, parameter, generators, family, out=target)
             else:
-                corrupted = corrupted.float().clamp_(0, 1)
-                if quantize or jpeg_round_trip:
-                    corrupted = ops.quantize_(corrupted)
-                target.copy_(corrupted)
+                corrupted = function(batch, parameter, generators, family)
+                if work_device.type == "cpu" and corrupted.dtype == torch.float32:
+                    kernels.finish(corrupted, target, quantize or jpeg_round_trip)
+                else:
+                    corrupted = corrupted.float().clamp_(0, 1)
+                    if quantize or jpeg_round_trip:
+                        corrupted = ops.quantize_(corrupted)
+                    target.copy_(corrupted)
             if jpeg_round_trip:
-                torch.div(digital.jpeg(target, RELEASE_JPEG_QUALITY), 255, out=target)
+                digital.jpeg(target, RELEASE_JPEG_QUALITY, out=target)
     return result.to(output_device)

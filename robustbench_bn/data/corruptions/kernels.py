@@ -300,18 +300,30 @@ def pad(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, left: int)
 
 
 @numba.njit(nogil=True, cache=True)
-def _to_interleaved_levels(images, out):  # pragma: no cover - compiled
-    # :func:`.ops.to_uint8` of [C, H, W] written as [H, W, C]: a row's planes are quantized
-    # along contiguous memory first, then interleaved, twice as fast as pixel by pixel here.
-    channels, height, width = images.shape
-    row_levels = np.empty((channels, width), np.uint8)
-    for row in range(height):
-        for channel in range(channels):
-            for col in range(width):
-                row_levels[channel, col] = np.uint8(_clamped_level(images[channel, row, col]))
-        for col in range(width):
-            for channel in range(channels):
-                out[row, col, channel] = row_levels[channel, col]
+def interleaved_levels(image, out):  # pragma: no cover - compiled
+    """:func:`.ops.to_uint8` of one float32 RGB image [3, H, W] written interleaved into
+    C-contiguous uint8 ``out`` [H, W, 3], for an encoder that reads interleaved pixels."""
+    # Flat indices with the channel stride spelled out let LLVM vectorize the interleaving
+    # stores: 2.6x faster here than row by row over 3-D indices.
+    red, green, blue = image[0].ravel(), image[1].ravel(), image[2].ravel()
+    pixels = out.ravel()
+    for index in range(red.shape[0]):
+        pixels[3 * index] = np.uint8(_clamped_level(red[index]))
+        pixels[3 * index + 1] = np.uint8(_clamped_level(green[index]))
+        pixels[3 * index + 2] = np.uint8(_clamped_level(blue[index]))
+
+
+@numba.njit(nogil=True, cache=True)
+def planes_from_levels(levels, out):  # pragma: no cover - compiled
+    """Interleaved uint8 RGB ``levels`` [H, W, 3] (a decoder's output) as float32 level / 255,
+    the bits of ``torch.div(levels, 255)``, written into C-contiguous ``out`` [3, H, W]."""
+    pixels = levels.ravel()
+    red, green, blue = out[0].ravel(), out[1].ravel(), out[2].ravel()
+    scale = np.float32(255.0)
+    for index in range(red.shape[0]):
+        red[index] = np.float32(pixels[3 * index]) / scale
+        green[index] = np.float32(pixels[3 * index + 1]) / scale
+        blue[index] = np.float32(pixels[3 * index + 2]) / scale
 
 
 # One compiled loop per thread's share of a batch (images first, first + step, ...), so the
@@ -356,12 +368,6 @@ def _resize_share(images, row_columns, row_weights, col_columns, col_weights, ou
 def _finish_share(corrupted, out, quantize, first, step):
     for index in range(first, corrupted.shape[0], step):  # pragma: no cover - compiled
         _finish(corrupted[index], out[index], quantize)
-
-
-@numba.njit(nogil=True, cache=True)
-def _to_interleaved_levels_share(images, out, first, step):
-    for index in range(first, images.shape[0], step):  # pragma: no cover - compiled
-        _to_interleaved_levels(images[index], out[index])
 
 
 @contextlib.contextmanager
@@ -479,15 +485,6 @@ def finish(corrupted: torch.Tensor, out: torch.Tensor, quantize: bool) -> None:
     # A crop (the FFT paths') is copied first: over arrays of unknown strides the loop does
     # not vectorize, and ran 3x slower than the copy and the contiguous pass together.
     _in_shares(_finish_share, len(corrupted), corrupted.contiguous().numpy(), out.numpy(), quantize)
-
-
-def to_interleaved_levels(images: torch.Tensor) -> torch.Tensor:
-    """:func:`.ops.to_uint8` of CPU float32 images [B, C, H, W] (any strides), compiled and
-    returned interleaved, [B, H, W, C]: one pass instead of six and a permuting copy."""
-    batch, channels, height, width = images.shape
-    out = torch.empty((batch, height, width, channels), dtype=torch.uint8)
-    _in_shares(_to_interleaved_levels_share, batch, images.contiguous().numpy(), out.numpy())
-    return out
 
 
 def resize_separable(
@@ -1367,22 +1364,6 @@ def water(
         border_index(torch.arange(-1, width + 1), width, "mirror").numpy(),
         int(cap),
     )
-
-
-@numba.njit(nogil=True, cache=True)
-def _from_levels_share(levels, out, first, step):  # pragma: no cover - compiled
-    # level / 255 in float32, as torch.div of a uint8 tensor by 255 computes it.
-    for index in range(first, levels.shape[0], step):
-        source = levels[index].ravel()
-        target = out[index].ravel()
-        for position in range(source.shape[0]):
-            target[position] = np.float32(source[position]) / np.float32(255.0)
-
-
-def from_levels(levels: torch.Tensor, out: torch.Tensor) -> None:
-    """``torch.div(levels, 255, out=out)`` for CPU uint8 ``levels`` and contiguous float32
-    ``out`` of the same shape [B, ...], compiled (the same bits, about 4x faster here)."""
-    _in_shares(_from_levels_share, len(levels), levels.contiguous().numpy(), out.numpy())
 
 
 @numba.njit(nogil=True, cache=True)
