@@ -24,7 +24,13 @@ the reference's total on CPU, and no corruption slower than the reference.
 
 from __future__ import annotations
 
+# Before torch: importing the package chooses OpenMP's passive waiting, which libgomp reads
+# only when torch loads (see robustbench_bn/__init__.py).
+import robustbench_bn
+
+# isort: split
 import argparse
+import os
 import time
 import warnings
 
@@ -119,7 +125,9 @@ def main() -> None:
     corruptions = arguments.corruptions.split(",")
     warnings.filterwarnings("ignore")  # the reference's skimage / numpy deprecation notes
     severities = arguments.severities
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, severities "
+    print(f"robustbench_bn {robustbench_bn.__version__}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, severities "
           f"{' '.join(map(str, severities))}")  # fmt: skip
     for size in arguments.sizes:
         large = size >= 128

@@ -624,3 +624,27 @@ def test_freed_batch_buffers_are_reused_without_page_faults():
 def test_keeping_freed_memory_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(allocation.ENVIRONMENT_VARIABLE, "0")
     assert allocation.keep_freed_memory.__wrapped__() is False
+
+
+def _wait_policy_after(imports: str, preset: str | None) -> str:
+    import os
+    import subprocess
+
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        environment["OMP_WAIT_POLICY"] = preset
+    code = f"import os; {imports}; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    finished = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+    )
+    return finished.stdout.strip()
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_the_package_before_torch_makes_openmp_wait_passively(preset, expected):
+    assert _wait_policy_after("import robustbench_bn, torch", preset) == expected
+
+
+def test_importing_the_package_after_torch_leaves_openmp_alone():
+    # libgomp has already read its setting by then; changing the variable would only mislead.
+    assert _wait_policy_after("import torch, robustbench_bn", None) == "unset"
