@@ -324,6 +324,28 @@ def test_jpeg_matches_a_pil_round_trip():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_image_by_image_fft_correlation_equals_the_batched_torch_fft(dtype):
+    from robustbench_bn.data.corruptions.blur import disk_kernel
+
+    images = torch.rand(3, 3, 41, 50, dtype=dtype)
+    kernel = disk_kernel(6.0, 0.5)  # 15 x 15: past the direct path's size
+    assert kernel.numel() > 25
+    ours = ops.correlate2d(images, kernel, "mirror")
+    batched = ops.correlate2d(images[None], kernel, "mirror")[0]  # 5-D: torch's batched FFT
+    # Direct correlation of the mirror-padded image, tap by tap.
+    top = kernel.shape[0] // 2
+    padded = ops.pad(images, top, top, top, top, "mirror")
+    direct = torch.zeros_like(images)
+    for row in range(kernel.shape[0]):
+        for col in range(kernel.shape[1]):
+            direct += kernel[row, col].to(dtype) * padded[..., row : row + 41, col : col + 50]
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert ours.dtype == dtype and ours.shape == images.shape
+    assert torch.allclose(ours, batched, atol=tolerance)
+    assert torch.allclose(ours, direct, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ops.BORDER_MODES)
 def test_compiled_separable_filter_equals_shifted_adds(dtype, mode):
     images = torch.rand(2, 3, 45, 38, dtype=dtype)
