@@ -10,8 +10,10 @@ __version__ = "0.1.0"
 # with few cores the spinning takes the CPU from the corruption engine's own threads, which
 # run right after such an operation. Measured on 2 cores, one process per setting: the 19
 # corruptions at 224 px took 21.3 -> 18.5 ms per image summed (jpeg_compression 0.63 ->
-# 0.51), the embedded default's bn job (`rbn-run method=bn`) 173 / 140 -> 156 / 134 s, while
-# a bare ResNet-18 forward pass (32 px, batch 128) was about 7% slower in the median. libgomp
+# 0.51), the embedded default's bn job (`rbn-run method=bn`) 173 / 140 -> 156 / 134 s. Work
+# that is all torch pays instead: a bare ResNet-18 forward pass (32 px, batch 128) was about 7%
+# slower in the median, AdvBN's fine-tuning test 405 s against 364 s spinning (one pair;
+# training-step timings were within this machine's noise). libgomp
 # reads the setting once, when torch loads, so it can only be chosen before torch is
 # imported; `OMP_WAIT_POLICY=ACTIVE` keeps the spinning.
 if "torch" not in sys.modules:
