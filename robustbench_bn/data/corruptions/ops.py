@@ -269,9 +269,10 @@ def _fft_convolve_per_image(
     image by image on the draw pool's threads, cropped to ``size`` from (``top``, ``left``).
 
     scipy's FFT runs without the GIL and without OpenMP, so the two threads each transform
-    their own images; torch's batched FFT, split over OpenMP's threads, took defocus blur at
-    224 px from 1.5 to 1.8 ms per image here (both on whole batches). Its rounding differs from
-    torch's: 0.002-0.016% of defocus blur's pixels at 224 px land one uint8 step apart.
+    their own images. With torch's batched FFT, split over OpenMP's threads, defocus blur took
+    1.8 ms per image at 224 px here against 1.5 this way (both on whole batches). The rounding
+    differs from torch's: 0.002-0.016% of defocus blur's pixels at 224 px land one uint8 step
+    apart.
     """
     import scipy.fft
 
