@@ -380,7 +380,9 @@ def test_gaussian_filter_path_by_kernel_length_and_image_size(monkeypatch, size,
     calls = []
     original = kernels.separable_filter
     monkeypatch.setattr(
-        kernels, "separable_filter", lambda *arguments: calls.append(1) or original(*arguments)
+        kernels,
+        "separable_filter",
+        lambda *arguments, **finishing: calls.append(1) or original(*arguments, **finishing),
     )
     filtered = ops.gaussian_filter(images, sigma, "nearest")
     assert bool(calls) == compiled
@@ -464,7 +466,7 @@ def test_compiled_motion_blur_equals_the_fft_convolution(size, monkeypatch):
             patched.setattr(
                 kernels,
                 "motion_blur",
-                lambda x, shifts, weights: ops._motion_blur_by_fft(
+                lambda x, shifts, weights, out, finish: ops._motion_blur_by_fft(
                     x, shifts[..., 0], shifts[..., 1], weights
                 ),
             )
@@ -670,3 +672,42 @@ def test_importing_the_package_before_torch_makes_openmp_wait_passively(preset, 
 def test_importing_the_package_after_torch_leaves_openmp_alone():
     # libgomp has already read its setting by then; changing the variable would only mislead.
     assert _wait_policy_after("import torch, robustbench_bn", None) == "unset"
+
+
+@pytest.mark.parametrize("size", [224, 45])
+@pytest.mark.parametrize("finish", [ops.CLAMPED, ops.QUANTIZED])
+def test_finishing_inside_the_kernels_equals_a_separate_finishing_pass(size, finish):
+    # Each corruption finishes its images into the engine's result (the compiled kernels
+    # image by image in the cache): the same bits as corrupting, then one finishing pass.
+    import robustbench_bn.data.corruptions as engine
+    from robustbench_bn.data.corruptions.parameters import TABLES
+
+    images = ops.quantize(ops.gaussian_filter(torch.rand(3, 3, size, size), 1.5)) * 1.3 - 0.1
+    images = images.clamp(0, 1)
+    family = engine.family_for_size(size)
+    for name, function in engine._FUNCTIONS.items():
+        for severity in (1, 5):
+            parameter = TABLES[family][name][severity - 1]
+            seeds = image_seeds("finish", name, severity, 0, torch.arange(3))
+            raw = function(images, parameter, sampling.generators_for(seeds), family)
+            expected = ops.deliver(raw, finish=finish)
+            out = torch.full(images.shape, float("nan"))
+            returned = function(
+                images, parameter, sampling.generators_for(seeds), family, out=out, finish=finish
+            )
+            assert returned is out, name
+            assert torch.equal(out, expected), (name, severity)
+            assert float(out.amin()) >= 0 and float(out.amax()) <= 1, name
+
+
+def test_deliver_finishes_on_every_path():
+    values = torch.tensor([[-0.5, 0.2, 0.5019608, 1.7]]).view(1, 1, 2, 2)
+    assert ops.deliver(values) is values  # left as computed: untouched, no copy
+    levels = torch.tensor([[0.0, 51 / 255, 128 / 255, 1.0]]).view(1, 1, 2, 2)
+    clamped = torch.tensor([[0.0, 0.2, 0.5019608, 1.0]]).view(1, 1, 2, 2)
+    for corrupted in (values, values.double()):  # compiled pass, then the tensor one
+        assert torch.equal(ops.deliver(corrupted, finish=ops.CLAMPED), clamped)
+        out = torch.empty(1, 1, 2, 2)
+        assert ops.deliver(corrupted, out, ops.QUANTIZED) is out
+        assert torch.allclose(out, levels, rtol=0, atol=1e-7)
+        assert torch.equal(ops.deliver(corrupted, torch.empty(1, 1, 2, 2)), corrupted.float())

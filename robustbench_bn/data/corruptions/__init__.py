@@ -25,7 +25,6 @@ from robustbench_bn.data.corruptions import (
     allocation,
     blur,
     digital,
-    kernels,
     noise,
     ops,
     spatter,
@@ -143,9 +142,6 @@ _CHUNK_PIXELS_FOR = {
 #: Corruptions done image by image with no batch-sized intermediates, which chunking would
 #: only split into more, unevenly shared, thread-pool rounds.
 _UNCHUNKED = frozenset({"jpeg_compression"})
-#: Corruptions whose results lie on the uint8 grid already and that can write them straight
-#: into the result (``out=``), with no intermediate batch and no finishing pass.
-_WRITE_INTO_RESULT = frozenset({"jpeg_compression"})
 
 
 def family_for_size(image_size: int) -> str:
@@ -286,6 +282,7 @@ def corrupt(
     if corruption in _UNCHUNKED and not jpeg_round_trip:
         chunk = len(clean)
     result = torch.empty(clean.shape, dtype=torch.float32, device=work_device)
+    finish = ops.QUANTIZED if quantize or jpeg_round_trip else ops.CLAMPED
     # The device context makes tensors the corruptions create land on the work device; it is
     # a Python-level function mode that taxes every torch call (fog makes thousands), so it is
     # entered only when the default device is not already the work device.
@@ -309,17 +306,10 @@ def corrupt(
                 batch = batch.clamp(0, 1)
             generators = generators_for(seeds[start : start + chunk])
             target = result[start : start + chunk]
-            if corruption in _WRITE_INTO_RESULT:
-                function(batch, parameter, generators, family, out=target)
-            else:
-                corrupted = function(batch, parameter, generators, family)
-                if work_device.type == "cpu" and corrupted.dtype == torch.float32:
-                    kernels.finish(corrupted, target, quantize or jpeg_round_trip)
-                else:
-                    corrupted = corrupted.float().clamp_(0, 1)
-                    if quantize or jpeg_round_trip:
-                        corrupted = ops.quantize_(corrupted)
-                    target.copy_(corrupted)
+            # Every corruption writes its chunk into the result, clamped (and quantized):
+            # the compiled kernels image by image while each is in the cache, the others
+            # through one finishing pass (:func:`.ops.deliver`).
+            function(batch, parameter, generators, family, out=target, finish=finish)
             if jpeg_round_trip:
                 digital.jpeg(target, RELEASE_JPEG_QUALITY, out=target)
     return result.to(output_device)

@@ -38,18 +38,21 @@ def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     return blurred[trim : len(offsets) - trim, trim : len(offsets) - trim].float()
 
 
-def defocus_blur(images: torch.Tensor, parameter, generators: Generators, family: str):
+def defocus_blur(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     radius, alias_blur = parameter
     # cv2.filter2D's default border is BORDER_REFLECT_101.
-    return ops.correlate2d(images, disk_kernel(float(radius), float(alias_blur)), "mirror")
+    kernel = disk_kernel(float(radius), float(alias_blur))
+    return ops.deliver(ops.correlate2d(images, kernel, "mirror"), **finishing)
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float, generators: Generators, family: str):
+def gaussian_blur(
+    images: torch.Tensor, sigma: float, generators: Generators, family: str, **finishing
+):
     # skimage.filters.gaussian: scipy's gaussian_filter, mode "nearest", truncate 4.
-    return ops.gaussian_filter(images, sigma, mode="nearest")
+    return ops.gaussian_filter(images, sigma, mode="nearest", **finishing)
 
 
-def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: str):
+def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     """Gaussian blur, truncation to uint8, ``iterations`` sweeps of local pixel moves, blur.
 
     A sweep visits rows S-delta .. delta+1 and, within each, columns S-delta .. delta+1, both
@@ -72,13 +75,13 @@ def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: 
         shuffled = kernels.glass_sweeps_drawing(
             blurred, generators, delta, iterations, quantize=True
         )
-        return ops.gaussian_filter(shuffled, sigma, mode="nearest")
+        return ops.gaussian_filter(shuffled, sigma, mode="nearest", **finishing)
     pixels = ops.quantize(blurred)
     if len(rows) == 0 or len(cols) == 0:
-        return ops.gaussian_filter(pixels, sigma, mode="nearest")
+        return ops.gaussian_filter(pixels, sigma, mode="nearest", **finishing)
     shifts = sampling.integers(generators, -delta, delta, (iterations, len(rows), len(cols), 2))
     shuffled = _glass_sweeps_by_pointer_doubling(pixels, shifts, delta)
-    return ops.gaussian_filter(shuffled, sigma, mode="nearest")
+    return ops.gaussian_filter(shuffled, sigma, mode="nearest", **finishing)
 
 
 def _glass_sweeps_by_pointer_doubling(
@@ -118,18 +121,19 @@ def _glass_sweeps_by_pointer_doubling(
     return flat.view(batch, channels, height, width)
 
 
-def motion_blur(images: torch.Tensor, parameter, generators: Generators, family: str):
+def motion_blur(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     radius, sigma = parameter
     angles = sampling.uniform(generators, (), -45, 45, dtype=torch.float64)
-    return ops.motion_blur(images, int(radius), float(sigma), angles)
+    return ops.motion_blur(images, int(radius), float(sigma), angles, **finishing)
 
 
-def zoom_blur(images: torch.Tensor, factors, generators: Generators, family: str):
+def zoom_blur(images: torch.Tensor, factors, generators: Generators, family: str, **finishing):
     if images.device.type == "cpu" and images.dtype == torch.float32:
         height, width = images.shape[-2:]
         factors = tuple(float(factor) for factor in factors)
-        return kernels.zoom_blur(images, ops.clipped_zoom_tables(height, width, factors))
-    return zoom_blur_by_tensor_operations(images, factors)
+        tables = ops.clipped_zoom_tables(height, width, factors)
+        return kernels.zoom_blur(images, tables, **finishing)
+    return ops.deliver(zoom_blur_by_tensor_operations(images, factors), **finishing)
 
 
 def zoom_blur_by_tensor_operations(images: torch.Tensor, factors) -> torch.Tensor:

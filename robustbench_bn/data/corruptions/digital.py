@@ -16,12 +16,14 @@ from robustbench_bn.data.corruptions.parameters import NATIVE_SIZE
 from robustbench_bn.data.corruptions.sampling import Generators
 
 
-def brightness(images: torch.Tensor, shift: float, generators: Generators, family: str):
+def brightness(
+    images: torch.Tensor, shift: float, generators: Generators, family: str, **finishing
+):
     """HSV value + shift (skimage rgb2hsv / hsv2rgb). With hue and saturation kept, each
     pixel's RGB scales by V'/V; a black pixel (hue and saturation 0) becomes grey V'."""
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.brightness(images, float(shift))
-    return brightness_by_tensor_operations(images, shift)
+        return kernels.brightness(images, float(shift), **finishing)
+    return ops.deliver(brightness_by_tensor_operations(images, shift), **finishing)
 
 
 def brightness_by_tensor_operations(images: torch.Tensor, shift: float) -> torch.Tensor:
@@ -32,7 +34,7 @@ def brightness_by_tensor_operations(images: torch.Tensor, shift: float) -> torch
     return torch.where(value > 0, scaled, new_value.expand_as(images))
 
 
-def saturate(images: torch.Tensor, parameter, generators: Generators, family: str):
+def saturate(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     """HSV saturation * scale + offset, clipped (skimage rgb2hsv / hsv2rgb), in closed form.
 
     With hue and value V kept, every channel c moves along V - (V - c) * S'/S. A grey pixel
@@ -40,8 +42,8 @@ def saturate(images: torch.Tensor, parameter, generators: Generators, family: st
     """
     scale, offset = parameter
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.saturate(images, float(scale), float(offset))
-    return saturate_by_tensor_operations(images, scale, offset)
+        return kernels.saturate(images, float(scale), float(offset), **finishing)
+    return ops.deliver(saturate_by_tensor_operations(images, scale, offset), **finishing)
 
 
 def saturate_by_tensor_operations(
@@ -61,14 +63,16 @@ def saturate_by_tensor_operations(
     return torch.where(spread > 0, coloured, grey)
 
 
-def contrast(images: torch.Tensor, factor: float, generators: Generators, family: str):
+def contrast(images: torch.Tensor, factor: float, generators: Generators, family: str, **finishing):
     means = images.mean((2, 3), keepdim=True)
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.contrast(images, means, float(factor))
-    return (images - means) * factor + means
+        return kernels.contrast(images, means, float(factor), **finishing)
+    return ops.deliver((images - means) * factor + means, **finishing)
 
 
-def pixelate(images: torch.Tensor, fraction: float, generators: Generators, family: str):
+def pixelate(
+    images: torch.Tensor, fraction: float, generators: Generators, family: str, **finishing
+):
     """PIL BOX resize to int(S * fraction) and BOX back up (the original; imagecorruptions
     enlarges with NEAREST, which picks the same pixel except at exact ties)."""
     height, width = images.shape[-2:]
@@ -82,11 +86,12 @@ def pixelate(images: torch.Tensor, fraction: float, generators: Generators, fami
             ops.sparse_rows(ops.pil_box_matrix(width, small_width)),
             ops.sparse_rows(ops.pil_box_matrix(small_height, height))[0][:, 0],
             ops.sparse_rows(ops.pil_box_matrix(small_width, width))[0][:, 0],
+            **finishing,
         )
     small = ops.pil_box_resize(images, small_height, small_width)
     # Enlarging, PIL's BOX filter reads exactly one input pixel per output pixel (weight 1),
     # which the sparse resize applies as a selection.
-    return ops.pil_box_resize(small, height, width)
+    return ops.deliver(ops.pil_box_resize(small, height, width), **finishing)
 
 
 def jpeg(images: torch.Tensor, quality: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,11 +142,15 @@ def jpeg_compression(
     generators: Generators,
     family: str,
     out: torch.Tensor | None = None,
+    finish: int = ops.RAW,
 ):
+    # Decoded levels / 255: on the uint8 grid and in [0, 1] whatever ``finish`` asks.
     return jpeg(images, quality, out)
 
 
-def elastic_transform(images: torch.Tensor, parameter, generators: Generators, family: str):
+def elastic_transform(
+    images: torch.Tensor, parameter, generators: Generators, family: str, **finishing
+):
     """Random affine warp (three points around the centre jittered by U(-jitter, jitter),
     cv2.warpAffine, bilinear, BORDER_REFLECT_101), then a smooth random displacement field
     (uniform(-1, 1) noise, gaussian_filter(sigma, mode reflect, truncate 3) * alpha) resampled
@@ -179,8 +188,8 @@ def elastic_transform(images: torch.Tensor, parameter, generators: Generators, f
         # float32 like the draws: the fields are scaled and cast to float32 anyway.
         fields = ops.gaussian_filter(field_draws, sigma, mode="reflect", truncate=3.0)
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.elastic_resample(images, inverse, fields, alpha)
-    return elastic_by_tensor_operations(images, inverse, fields, alpha)
+        return kernels.elastic_resample(images, inverse, fields, alpha, **finishing)
+    return ops.deliver(elastic_by_tensor_operations(images, inverse, fields, alpha), **finishing)
 
 
 def elastic_by_tensor_operations(

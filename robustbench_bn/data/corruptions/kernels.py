@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from robustbench_bn.data.corruptions import mersenne
-from robustbench_bn.data.corruptions.ops import border_index
+from robustbench_bn.data.corruptions.ops import QUANTIZED, RAW, border_index
 from robustbench_bn.data.corruptions.sampling import run_in_shares
 
 
@@ -270,6 +270,21 @@ def _finish(corrupted, out, quantize):  # pragma: no cover - compiled
                     target[col] = low if value < low else (high if value > high else value)
 
 
+@numba.njit(inline="always")
+def _image_target(scratch, out, index, finish):  # pragma: no cover - compiled
+    # Where a share computes image ``index``: straight into the result when it is left as
+    # computed, else into a per-thread scratch image that :func:`_deliver` then finishes
+    # into the result while it is in the cache (in place, the loop did not vectorize: 8x
+    # slower).
+    return out[index] if finish == RAW else scratch
+
+
+@numba.njit(inline="always")
+def _deliver(scratch, out, index, finish):  # pragma: no cover - compiled
+    if finish != RAW:
+        _finish(scratch, out[index], finish == QUANTIZED)
+
+
 @numba.njit(nogil=True, cache=True)
 def _pad_share(images, rows, cols, left, out, first, step):  # pragma: no cover - compiled
     # out[..., r, c] = images[..., rows[r], cols[c]]; inside the image a padded column is
@@ -388,11 +403,21 @@ def _in_shares(kernel: Callable[..., None], count: int, *arguments) -> None:
     run_in_shares(count, lambda first, step: kernel(*arguments, first, step))
 
 
-def _images_from(kernel: Callable[..., None], images: torch.Tensor, *arguments) -> torch.Tensor:
-    """Run a per-image kernel ``kernel(images, *arguments, out, first, step)`` over the
-    thread shares and return ``out``: float32 of the images' shape."""
-    out = torch.empty(images.shape, dtype=torch.float32)
-    _in_shares(kernel, len(images), images.contiguous().numpy(), *arguments, out.numpy())
+def _images_from(
+    kernel: Callable[..., None],
+    images: torch.Tensor,
+    *arguments,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
+    """Run a per-image kernel ``kernel(images, *arguments, finish, out, first, step)`` over
+    the thread shares and return ``out`` (float32 of the images' shape; allocated when not
+    given), each image finished as ``finish`` asks (:data:`.ops.RAW` and the others)."""
+    if out is None:
+        out = torch.empty(images.shape, dtype=torch.float32)
+    _in_shares(
+        kernel, len(images), images.contiguous().numpy(), *arguments, int(finish), out.numpy()
+    )
     return out
 
 
@@ -581,32 +606,49 @@ def glass_sweeps_drawing(
 
 
 @numba.njit(nogil=True, cache=True)
-def _normal_noise_share(images, states, scale, speckle, out, first, step):
+def _normal_noise_share(images, states, scale, speckle, finish, out, first, step):
     # pragma: no cover - compiled
     # :func:`.noise.gaussian_noise` (x + n * scale) or :func:`.noise.speckle_noise`
     # (x + x * n * scale) with the image's float32 normals drawn into a buffer that stays in
     # the cache, in float32 like the tensor steps.
     noise = np.empty(images[0].size, np.float32)
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
         words, position = mersenne.open_state(states[index])
         mersenne.normal_fill_float32(words, position, noise)
         mersenne.close_state(states[index], words, position)
         pixels = images[index].ravel()
-        target = out[index].ravel()
+        target = _image_target(scratch, out, index, finish).ravel()
         if speckle:
             for position in range(pixels.shape[0]):
                 target[position] = pixels[position] + pixels[position] * noise[position] * scale
         else:
             for position in range(pixels.shape[0]):
                 target[position] = pixels[position] + noise[position] * scale
+        _deliver(scratch, out, index, finish)
 
 
-def normal_noise(images: torch.Tensor, generators, scale: float, speckle: bool) -> torch.Tensor:
+def normal_noise(
+    images: torch.Tensor,
+    generators,
+    scale: float,
+    speckle: bool,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """Gaussian (or, with ``speckle``, speckle) noise on CPU float32 images [B, C, H, W] of 16
     or more numbers each, drawing the normals ``sampling.normal`` would return inside the
     compiled loop and advancing the generators as that draw would."""
     with _generator_states(generators) as states:
-        return _images_from(_normal_noise_share, images, states, np.float32(scale), speckle)
+        return _images_from(
+            _normal_noise_share,
+            images,
+            states,
+            np.float32(scale),
+            speckle,
+            out=out,
+            finish=finish,
+        )
 
 
 def glass_sweeps(pixels: torch.Tensor, shifts: torch.Tensor, delta: int) -> torch.Tensor:
@@ -699,26 +741,43 @@ def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out
 
 
 @numba.njit(nogil=True, cache=True)
-def _separable_filter_share(planes, taps, row_sources, col_sources, out, first, step):
+def _separable_filter_share(planes, taps, row_sources, col_sources, finish, out, first, step):
     # pragma: no cover - compiled
     height, width = planes.shape[1], planes.shape[2]
     across = np.empty((height, width), planes.dtype)
     padded = np.empty(width + taps.shape[0] - 1, planes.dtype)
+    scratch = np.empty((height, width), out.dtype)
     for index in range(first, planes.shape[0], step):
-        _separable_filter(planes[index], taps, row_sources, col_sources, across, padded, out[index])
+        target = _image_target(scratch, out, index, finish)
+        _separable_filter(planes[index], taps, row_sources, col_sources, across, padded, target)
+        if finish != RAW:
+            _finish(
+                scratch.reshape(1, height, width),
+                out[index].reshape(1, height, width),
+                finish == QUANTIZED,
+            )
 
 
-def separable_filter(images: torch.Tensor, taps: torch.Tensor, mode: str) -> torch.Tensor:
+def separable_filter(
+    images: torch.Tensor,
+    taps: torch.Tensor,
+    mode: str,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """The compiled twin of correlating the last axis, then the second-to-last, with the same
     odd-length ``taps`` (:func:`.ops.gaussian_filter`), for CPU float32 / float64 tensors
     [..., H, W]; borders in ``mode`` (scipy's names), any radius. One pass per axis with all
-    taps, where the tensor version makes a full memory pass per tap."""
+    taps, where the tensor version makes a full memory pass per tap. ``out`` and ``finish``
+    (float32 only) as for the other kernels."""
     height, width = images.shape[-2:]
     radius = len(taps) // 2
     row_sources = border_index(torch.arange(-radius, height + radius), height, mode)
     col_sources = border_index(torch.arange(-radius, width + radius), width, mode)
     planes = images.reshape(-1, height, width).contiguous()
-    out = torch.empty_like(planes)
+    if finish != RAW and images.dtype != torch.float32:
+        raise ValueError("finishing in the filter needs float32 planes")
+    result = torch.empty_like(planes) if out is None else out.view(-1, height, width)
     _in_shares(
         _separable_filter_share,
         len(planes),
@@ -726,9 +785,10 @@ def separable_filter(images: torch.Tensor, taps: torch.Tensor, mode: str) -> tor
         taps.to(images.dtype).numpy(),
         row_sources.numpy(),
         col_sources.numpy(),
-        out.numpy(),
+        int(finish),
+        result.numpy(),
     )
-    return out.view(images.shape)
+    return result.view(images.shape) if out is None else out
 
 
 @numba.njit(nogil=True, cache=True)
@@ -792,10 +852,12 @@ def _plasma_share(draws, wibble_decay, grids, first, step):
 
 
 @numba.njit(nogil=True, cache=True)
-def _fog_share(images, plasma, amount, out, first, step):  # pragma: no cover - compiled
+def _fog_share(images, plasma, amount, finish, out, first, step):  # pragma: no cover - compiled
     # :func:`.weather.fog`'s blend in float32, in the tensor version's order.
     channels, height, width = images.shape[1:]
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
+        target = _image_target(scratch, out, index, finish)
         peak = images[index].max()
         divisor = peak + amount
         for channel in range(channels):
@@ -804,7 +866,8 @@ def _fog_share(images, plasma, amount, out, first, step):  # pragma: no cover - 
                     fogged = images[index, channel, row, col] + amount * np.float32(
                         plasma[index, row, col]
                     )
-                    out[index, channel, row, col] = fogged * peak / divisor
+                    target[channel, row, col] = fogged * peak / divisor
+        _deliver(scratch, out, index, finish)
 
 
 def plasma_fractal(draws: torch.Tensor, size: int, wibble_decay: float) -> torch.Tensor:
@@ -817,10 +880,18 @@ def plasma_fractal(draws: torch.Tensor, size: int, wibble_decay: float) -> torch
     return grids
 
 
-def fog_blend(images: torch.Tensor, plasma: torch.Tensor, amount: float) -> torch.Tensor:
+def fog_blend(
+    images: torch.Tensor,
+    plasma: torch.Tensor,
+    amount: float,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """The compiled twin of :func:`.weather.fog`'s blend of float32 images [B, C, H, W] with
     plasma [B, >= H, >= W] (float64): (x + amount * plasma) * peak / (peak + amount)."""
-    return _images_from(_fog_share, images, plasma.numpy(), np.float32(amount))
+    return _images_from(
+        _fog_share, images, plasma.numpy(), np.float32(amount), out=out, finish=finish
+    )
 
 
 @numba.njit(inline="always")
@@ -866,13 +937,14 @@ def _bilinear_row(image, out, row, source_rows, source_cols, tops, lefts):
 
 
 @numba.njit(nogil=True, cache=True)
-def _elastic_share(images, inverse, fields, alpha, out, first, step):
+def _elastic_share(images, inverse, fields, alpha, finish, out, first, step):
     # pragma: no cover - compiled
     # Per image: the affine warp sampled at every pixel (align_corners: reflection about the
     # edge pixels' centres), then the warped image sampled at pixel + alpha * field
     # (reflection about the outer edges), both bilinear as torch.grid_sample.
     channels, height, width = images.shape[1:]
     warped = np.empty((channels, height, width), np.float32)
+    scratch = np.empty((channels, height, width), np.float32)
     source_rows = np.empty(width, np.float64)
     source_cols = np.empty(width, np.float64)
     tops = np.empty(width, np.int64)
@@ -880,7 +952,8 @@ def _elastic_share(images, inverse, fields, alpha, out, first, step):
     for index in range(first, images.shape[0], step):
         matrix = inverse[index]
         image = images[index]
-        target = warped if alpha != 0 else out[index]
+        result = _image_target(scratch, out, index, finish)
+        target = warped if alpha != 0 else result
         for row in range(height):
             for col in range(width):
                 x = matrix[0, 0] * col + matrix[0, 1] * row + matrix[0, 2]
@@ -888,19 +961,24 @@ def _elastic_share(images, inverse, fields, alpha, out, first, step):
                 source_rows[col] = _reflected(y, 0.0, height - 1.0, height)
                 source_cols[col] = _reflected(x, 0.0, width - 1.0, width)
             _bilinear_row(image, target, row, source_rows, source_cols, tops, lefts)
-        if alpha == 0:
-            continue
-        for row in range(height):
-            for col in range(width):
-                y = row + np.float64(np.float32(fields[index, 1, row, col] * alpha))
-                x = col + np.float64(np.float32(fields[index, 0, row, col] * alpha))
-                source_rows[col] = _reflected(y, -0.5, float(height), height)
-                source_cols[col] = _reflected(x, -0.5, float(width), width)
-            _bilinear_row(warped, out[index], row, source_rows, source_cols, tops, lefts)
+        if alpha != 0:
+            for row in range(height):
+                for col in range(width):
+                    y = row + np.float64(np.float32(fields[index, 1, row, col] * alpha))
+                    x = col + np.float64(np.float32(fields[index, 0, row, col] * alpha))
+                    source_rows[col] = _reflected(y, -0.5, float(height), height)
+                    source_cols[col] = _reflected(x, -0.5, float(width), width)
+                _bilinear_row(warped, result, row, source_rows, source_cols, tops, lefts)
+        _deliver(scratch, out, index, finish)
 
 
 def elastic_resample(
-    images: torch.Tensor, inverse: torch.Tensor, fields: torch.Tensor | None, alpha: float
+    images: torch.Tensor,
+    inverse: torch.Tensor,
+    fields: torch.Tensor | None,
+    alpha: float,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
 ) -> torch.Tensor:
     """The compiled twin of :func:`.digital.elastic_transform`'s two bilinear resamplings
     for CPU float32 images [B, C, H, W]: ``inverse`` [B, 3, 3] maps output pixels (x, y, 1)
@@ -915,6 +993,8 @@ def elastic_resample(
         inverse[:, :2].contiguous().double().numpy(),
         fields.contiguous().numpy(),
         float(alpha),
+        out=out,
+        finish=finish,
     )
 
 
@@ -950,7 +1030,7 @@ def _transposed_scaled(source, target, scale):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _zoom_blur_share(images, rows, row_weights, cols, col_weights, out, first, step):
+def _zoom_blur_share(images, rows, row_weights, cols, col_weights, finish, out, first, step):
     # pragma: no cover - compiled
     # The image plus each factor's zoom, over (1 + factors), summed transposed: per zoom,
     # the two source rows of each output row blended (contiguous), written transposed eight
@@ -964,7 +1044,9 @@ def _zoom_blur_share(images, rows, row_weights, cols, col_weights, out, first, s
     blended = np.empty((8, width), np.float32)
     scale = np.float32(1.0) / np.float32(factors + 1)
     one = np.float32(1.0)
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
+        result = _image_target(scratch, out, index, finish)
         for channel in range(channels):
             plane = images[index, channel]
             _transposed_from_memory(plane, total)
@@ -999,10 +1081,13 @@ def _zoom_blur_share(images, rows, row_weights, cols, col_weights, out, first, s
                     first_source, second_source = across[left], across[right]
                     for row in range(height):
                         line[row] += first_source[row] * keep + second_source[row] * share
-            _transposed_scaled(total, out[index, channel], scale)
+            _transposed_scaled(total, result[channel], scale)
+        _deliver(scratch, out, index, finish)
 
 
-def zoom_blur(images: torch.Tensor, tables) -> torch.Tensor:
+def zoom_blur(
+    images: torch.Tensor, tables, out: torch.Tensor | None = None, finish: int = RAW
+) -> torch.Tensor:
     """The compiled twin of :func:`.blur.zoom_blur` for CPU float32 images [B, C, H, W]:
     ``tables`` from :func:`.ops.clipped_zoom_tables` for every factor."""
     rows, row_weights, cols, col_weights = tables
@@ -1013,41 +1098,62 @@ def zoom_blur(images: torch.Tensor, tables) -> torch.Tensor:
         row_weights.numpy(),
         cols.contiguous().numpy(),
         col_weights.numpy(),
+        out=out,
+        finish=finish,
     )
 
 
 @numba.njit(nogil=True, cache=True)
-def _impulse_share(images, draws, amount, out, first, step):  # pragma: no cover - compiled
+def _impulse_share(images, draws, amount, finish, out, first, step):
+    # pragma: no cover - compiled
     # :func:`.noise.impulse_noise`'s selection: replaced where the first draw < amount, by
     # salt (1) where the second < 0.5, else pepper (0).
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
         pixels = images[index].ravel()
         replace = draws[index, 0].ravel()
         salt = draws[index, 1].ravel()
-        target = out[index].ravel()
+        target = _image_target(scratch, out, index, finish).ravel()
         for position in range(pixels.shape[0]):
             if replace[position] < amount:
                 target[position] = np.float32(1.0) if salt[position] < 0.5 else np.float32(0.0)
             else:
                 target[position] = pixels[position]
+        _deliver(scratch, out, index, finish)
 
 
-def impulse_noise(images: torch.Tensor, draws: torch.Tensor, amount: float) -> torch.Tensor:
+def impulse_noise(
+    images: torch.Tensor,
+    draws: torch.Tensor,
+    amount: float,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """The compiled twin of :func:`.noise.impulse_noise`'s selection for CPU float32 images
     [B, C, H, W] and their uniform draws [B, 2, C, H, W]."""
-    return _images_from(_impulse_share, images, draws.contiguous().numpy(), np.float32(amount))
+    return _images_from(
+        _impulse_share,
+        images,
+        draws.contiguous().numpy(),
+        np.float32(amount),
+        out=out,
+        finish=finish,
+    )
 
 
 @numba.njit(nogil=True, cache=True)
-def _motion_blur_share(images, shifts, weights, out, first, step):  # pragma: no cover - compiled
+def _motion_blur_share(images, shifts, weights, finish, out, first, step):
+    # pragma: no cover - compiled
     # out(p) = sum_k weight_k * image(p - shift_k), indices clamped onto the image (edges
     # replicated): tap by tap over whole rows, the clamped edge columns apart from the
     # contiguous middle, so the inner loop vectorizes.
     channels, height, width = images.shape[1:]
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
+        result = _image_target(scratch, out, index, finish)
         for channel in range(channels):
             plane = images[index, channel]
-            target = out[index, channel]
+            target = result[channel]
             target[:, :] = 0.0
             for tap in range(shifts.shape[1]):
                 weight = np.float32(weights[index, tap])
@@ -1067,9 +1173,16 @@ def _motion_blur_share(images, shifts, weights, out, first, step):  # pragma: no
                         middle[col] += weight * shifted[col]
                     for col in range(stop, width):
                         line[col] += weight * source[width - 1]
+        _deliver(scratch, out, index, finish)
 
 
-def motion_blur(images: torch.Tensor, shifts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def motion_blur(
+    images: torch.Tensor,
+    shifts: torch.Tensor,
+    weights: torch.Tensor,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """The compiled twin of :func:`.ops.motion_blur`'s convolution for CPU float32 images
     [B, C, H, W]: per image, taps at ``shifts`` [B, K, (dy, dx)] with ``weights`` [B, K],
     edges replicated. Directly, tap by tap, where the tensor version pads and goes through
@@ -1079,6 +1192,8 @@ def motion_blur(images: torch.Tensor, shifts: torch.Tensor, weights: torch.Tenso
         images,
         shifts.contiguous().numpy(),
         weights.contiguous().double().numpy(),
+        out=out,
+        finish=finish,
     )
 
 
@@ -1088,12 +1203,14 @@ def _rgb_planes(images, index):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _brightness_share(images, shift, out, first, step):  # pragma: no cover - compiled
+def _brightness_share(images, shift, finish, out, first, step):  # pragma: no cover - compiled
     # :func:`.digital.brightness` in float32, operation for operation.
     tiny = np.float32(1e-12)
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
         red, green, blue = _rgb_planes(images, index)
-        out_red, out_green, out_blue = _rgb_planes(out, index)
+        result = _image_target(scratch, out, index, finish)
+        out_red, out_green, out_blue = result[0].ravel(), result[1].ravel(), result[2].ravel()
         for position in range(red.shape[0]):
             r, g, b = red[position], green[position], blue[position]
             value = max(max(r, g), b)
@@ -1103,20 +1220,26 @@ def _brightness_share(images, shift, out, first, step):  # pragma: no cover - co
             out_red[position] = r * ratio if positive else new_value
             out_green[position] = g * ratio if positive else new_value
             out_blue[position] = b * ratio if positive else new_value
+        _deliver(scratch, out, index, finish)
 
 
-def brightness(images: torch.Tensor, shift: float) -> torch.Tensor:
+def brightness(
+    images: torch.Tensor, shift: float, out: torch.Tensor | None = None, finish: int = RAW
+) -> torch.Tensor:
     """The compiled twin of :func:`.digital.brightness` for CPU float32 images [B, 3, H, W]."""
-    return _images_from(_brightness_share, images, np.float32(shift))
+    return _images_from(_brightness_share, images, np.float32(shift), out=out, finish=finish)
 
 
 @numba.njit(nogil=True, cache=True)
-def _saturate_share(images, scale, offset, out, first, step):  # pragma: no cover - compiled
+def _saturate_share(images, scale, offset, finish, out, first, step):
+    # pragma: no cover - compiled
     # :func:`.digital.saturate` in float32, operation for operation.
     tiny, zero, one = np.float32(1e-12), np.float32(0.0), np.float32(1.0)
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
         red, green, blue = _rgb_planes(images, index)
-        out_red, out_green, out_blue = _rgb_planes(out, index)
+        result = _image_target(scratch, out, index, finish)
+        out_red, out_green, out_blue = result[0].ravel(), result[1].ravel(), result[2].ravel()
         for position in range(red.shape[0]):
             r, g, b = red[position], green[position], blue[position]
             value = max(max(r, g), b)
@@ -1133,58 +1256,92 @@ def _saturate_share(images, scale, offset, out, first, step):  # pragma: no cove
                 out_red[position] = value
                 out_green[position] = grey
                 out_blue[position] = grey
+        _deliver(scratch, out, index, finish)
 
 
-def saturate(images: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+def saturate(
+    images: torch.Tensor,
+    scale: float,
+    offset: float,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """The compiled twin of :func:`.digital.saturate` for CPU float32 images [B, 3, H, W]."""
-    return _images_from(_saturate_share, images, np.float32(scale), np.float32(offset))
+    return _images_from(
+        _saturate_share, images, np.float32(scale), np.float32(offset), out=out, finish=finish
+    )
 
 
 @numba.njit(nogil=True, cache=True)
-def _contrast_share(images, means, factor, out, first, step):  # pragma: no cover - compiled
+def _contrast_share(images, means, factor, finish, out, first, step):
+    # pragma: no cover - compiled
     # (x - mean) * factor + mean per channel, as :func:`.digital.contrast` computes it.
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
+        result = _image_target(scratch, out, index, finish)
         for channel in range(images.shape[1]):
             pixels = images[index, channel].ravel()
-            target = out[index, channel].ravel()
+            target = result[channel].ravel()
             mean = means[index, channel]
             for position in range(pixels.shape[0]):
                 target[position] = (pixels[position] - mean) * factor + mean
+        _deliver(scratch, out, index, finish)
 
 
-def contrast(images: torch.Tensor, means: torch.Tensor, factor: float) -> torch.Tensor:
+def contrast(
+    images: torch.Tensor,
+    means: torch.Tensor,
+    factor: float,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """The compiled twin of :func:`.digital.contrast` given the per-channel means [B, 3]."""
     return _images_from(
         _contrast_share,
         images,
         means.reshape(len(images), -1).contiguous().numpy(),
         np.float32(factor),
+        out=out,
+        finish=finish,
     )
 
 
 @numba.njit(nogil=True, cache=True)
 def _pixelate_share(
-    images, row_columns, row_weights, col_columns, col_weights, up_rows, up_cols, out, first, step
+    images,
+    row_columns,
+    row_weights,
+    col_columns,
+    col_weights,
+    up_rows,
+    up_cols,
+    finish,
+    out,
+    first,
+    step,
 ):  # pragma: no cover - compiled
     # The BOX reduction of :func:`_resize_separable`, then the enlargement as the selection it
     # is (one source pixel per output pixel, weight 1: the same bits).
     channels = images.shape[1]
     small = np.empty((channels, row_columns.shape[0], col_columns.shape[0]), np.float32)
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
         _resize_separable(images[index], row_columns, row_weights, col_columns, col_weights, small)
+        result = _image_target(scratch, out, index, finish)
         for channel in range(channels):
             for row in range(out.shape[2]):
-                target = out[index, channel, row]
+                target = result[channel, row]
                 if row > 0 and up_rows[row] == up_rows[row - 1]:
                     # The same small row as the row above: a contiguous copy, which
                     # vectorizes where the column selection does not.
-                    above = out[index, channel, row - 1]
+                    above = result[channel, row - 1]
                     for col in range(out.shape[3]):
                         target[col] = above[col]
                     continue
                 source = small[channel, up_rows[row]]
                 for col in range(out.shape[3]):
                     target[col] = source[up_cols[col]]
+        _deliver(scratch, out, index, finish)
 
 
 def pixelate(
@@ -1193,6 +1350,8 @@ def pixelate(
     cols: tuple[torch.Tensor, torch.Tensor],
     up_rows: torch.Tensor,
     up_cols: torch.Tensor,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
 ) -> torch.Tensor:
     """The compiled twin of :func:`.digital.pixelate`'s two resizes for CPU float32 images:
     ``rows`` and ``cols`` are the reduction's (columns, weights) tap tables, ``up_rows`` and
@@ -1206,17 +1365,22 @@ def pixelate(
         cols[1].float().numpy(),
         up_rows.contiguous().numpy(),
         up_cols.contiguous().numpy(),
+        out=out,
+        finish=finish,
     )
 
 
 @numba.njit(nogil=True, cache=True)
-def _snow_blend_share(images, layer, keep, whiten, out, first, step):  # pragma: no cover - compiled
+def _snow_blend_share(images, layer, keep, whiten, finish, out, first, step):
+    # pragma: no cover - compiled
     # :func:`.weather.snow`'s last steps in float32, operation for operation: the whitened
     # image max(x, luma * 1.5 + 0.5), the blend keep * x + whiten * whitened, then the layer
     # and its 180-degree turn added.
     height, width = images.shape[2], images.shape[3]
     bright = np.empty(width, np.float32)
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
+        result = _image_target(scratch, out, index, finish)
         flakes = layer[index, 0]
         for row in range(height):
             red, green, blue = images[index, 0, row], images[index, 1, row], images[index, 2, row]
@@ -1229,14 +1393,21 @@ def _snow_blend_share(images, layer, keep, whiten, out, first, step):  # pragma:
             turned = flakes[height - 1 - row][::-1]
             for channel in range(3):
                 source = images[index, channel, row]
-                target = out[index, channel, row]
+                target = result[channel, row]
                 for col in range(width):
                     value = source[col]
                     whitened = value if value >= bright[col] else bright[col]
                     target[col] = ((keep * value + whiten * whitened) + straight[col]) + turned[col]
+        _deliver(scratch, out, index, finish)
 
 
-def snow_blend(images: torch.Tensor, layer: torch.Tensor, image_weight: float) -> torch.Tensor:
+def snow_blend(
+    images: torch.Tensor,
+    layer: torch.Tensor,
+    image_weight: float,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """The compiled twin of :func:`.weather.snow`'s final blend of CPU float32 images
     [B, 3, H, W] with their snow layers [B, 1, H, W]."""
     return _images_from(
@@ -1245,6 +1416,8 @@ def snow_blend(images: torch.Tensor, layer: torch.Tensor, image_weight: float) -
         layer.contiguous().numpy(),
         np.float32(image_weight),
         np.float32(1 - image_weight),
+        out=out,
+        finish=finish,
     )
 
 
@@ -1286,7 +1459,7 @@ def _equalize_histogram(values, out):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def _water_share(
-    images, liquid, strength, colour, box, row_sources, col_sources, cap, out, first, step
+    images, liquid, strength, colour, box, row_sources, col_sources, cap, finish, out, first, step
 ):
     # pragma: no cover - compiled
     # :func:`.spatter._water` image by image: the same steps on one float64 plane, the filters
@@ -1301,7 +1474,9 @@ def _water_share(
     across = np.empty((height, width), np.float64)
     padded = np.empty(width + 2, np.float64)
     glare = np.empty((height, width), np.float64)
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
+        result = _image_target(scratch, out, index, finish)
         plane = liquid[index, 0]
         for row in range(height):
             for col in range(width):
@@ -1347,11 +1522,18 @@ def _water_share(
                 share = glare[row, col] / max(peak, 1e-12) if peak > 0 else 0.0
                 for channel in range(3):
                     shine = np.float32(share * strength * colour[channel])
-                    out[index, channel, row, col] = images[index, channel, row, col] + shine
+                    result[channel, row, col] = images[index, channel, row, col] + shine
+        _deliver(scratch, out, index, finish)
 
 
 def water(
-    images: torch.Tensor, liquid: torch.Tensor, strength: float, colour, cap: int
+    images: torch.Tensor,
+    liquid: torch.Tensor,
+    strength: float,
+    colour,
+    cap: int,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
 ) -> torch.Tensor:
     """The compiled twin of :func:`.spatter._water` for CPU float32 images [B, 3, H, W] and
     their float64 liquid layers [B, 1, H, W]; distances capped at ``cap``."""
@@ -1366,11 +1548,14 @@ def water(
         border_index(torch.arange(-1, height + 1), height, "mirror").numpy(),
         border_index(torch.arange(-1, width + 1), width, "mirror").numpy(),
         int(cap),
+        out=out,
+        finish=finish,
     )
 
 
 @numba.njit(nogil=True, cache=True)
-def _impulse_drawing_share(images, states, amount, out, first, step):  # pragma: no cover - compiled
+def _impulse_drawing_share(images, states, amount, finish, out, first, step):
+    # pragma: no cover - compiled
     # :func:`_impulse_share` with the image's two blocks of float32 uniforms (which pixels,
     # then salt or pepper) drawn from its generator: the first block into a buffer that stays
     # in the cache, the second chunk by chunk as it is used.
@@ -1378,6 +1563,7 @@ def _impulse_drawing_share(images, states, amount, out, first, step):  # pragma:
     replace = np.empty(count, np.float32)
     salt = np.empty(mersenne.CHUNK, np.float32)
     buffer = np.empty(mersenne.CHUNK, np.uint32)
+    scratch = np.empty(out.shape[1:], np.float32)
     for index in range(first, images.shape[0], step):
         words, position = mersenne.open_state(states[index])
         for start in range(0, count, mersenne.CHUNK):
@@ -1385,7 +1571,7 @@ def _impulse_drawing_share(images, states, amount, out, first, step):  # pragma:
                 words, position, buffer, replace[start : start + mersenne.CHUNK]
             )
         pixels = images[index].ravel()
-        target = out[index].ravel()
+        target = _image_target(scratch, out, index, finish).ravel()
         for start in range(0, count, mersenne.CHUNK):
             stop = min(start + mersenne.CHUNK, count)
             chunk = salt[: stop - start]
@@ -1397,11 +1583,20 @@ def _impulse_drawing_share(images, states, amount, out, first, step):  # pragma:
                 else:
                     target[spot] = pixels[spot]
         mersenne.close_state(states[index], words, position)
+        _deliver(scratch, out, index, finish)
 
 
-def impulse_noise_drawing(images: torch.Tensor, generators, amount: float) -> torch.Tensor:
+def impulse_noise_drawing(
+    images: torch.Tensor,
+    generators,
+    amount: float,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """:func:`impulse_noise` drawing each image's uniforms [2, C, H, W] (the numbers
     ``sampling.uniform`` would return) inside the compiled loop, then advancing the
     generators as that draw would."""
     with _generator_states(generators) as states:
-        return _images_from(_impulse_drawing_share, images, states, np.float32(amount))
+        return _images_from(
+            _impulse_drawing_share, images, states, np.float32(amount), out=out, finish=finish
+        )

@@ -2,7 +2,8 @@
 
 Algorithms as in hendrycks/robustness make_*_c.py; parameters in :mod:`.parameters`. Every
 function takes float images [B, 3, H, W] in [0, 1], the severity's parameter, one generator per
-image and the family, and returns the unclipped corrupted batch.
+image and the family, and returns the corrupted batch, finished as ``finish`` asks into ``out``
+(:func:`.ops.deliver`; by default unclipped, in a new tensor).
 """
 
 from __future__ import annotations
@@ -22,32 +23,42 @@ def _draws_in_the_loop(images: torch.Tensor) -> bool:
     return images.device.type == "cpu" and images.dtype == torch.float32 and images[0].numel() >= 64
 
 
-def gaussian_noise(images: torch.Tensor, scale: float, generators: Generators, family: str):
+def gaussian_noise(
+    images: torch.Tensor, scale: float, generators: Generators, family: str, **finishing
+):
     if _draws_in_the_loop(images):
-        return kernels.normal_noise(images, generators, float(scale), speckle=False)
-    return images + sampling.normal(generators, tuple(images.shape[1:])) * scale
+        return kernels.normal_noise(images, generators, float(scale), speckle=False, **finishing)
+    noisy = images + sampling.normal(generators, tuple(images.shape[1:])) * scale
+    return ops.deliver(noisy, **finishing)
 
 
-def speckle_noise(images: torch.Tensor, scale: float, generators: Generators, family: str):
+def speckle_noise(
+    images: torch.Tensor, scale: float, generators: Generators, family: str, **finishing
+):
     if _draws_in_the_loop(images):
-        return kernels.normal_noise(images, generators, float(scale), speckle=True)
-    return images + images * sampling.normal(generators, tuple(images.shape[1:])) * scale
+        return kernels.normal_noise(images, generators, float(scale), speckle=True, **finishing)
+    noisy = images + images * sampling.normal(generators, tuple(images.shape[1:])) * scale
+    return ops.deliver(noisy, **finishing)
 
 
-def impulse_noise(images: torch.Tensor, amount: float, generators: Generators, family: str):
+def impulse_noise(
+    images: torch.Tensor, amount: float, generators: Generators, family: str, **finishing
+):
     # skimage.util.random_noise(mode="s&p"): every element (channels separately) is replaced
     # with probability ``amount``, by salt (1) or pepper (0) with equal odds.
     if _draws_in_the_loop(images):
-        return kernels.impulse_noise_drawing(images, generators, float(amount))
+        return kernels.impulse_noise_drawing(images, generators, float(amount), **finishing)
     draws = sampling.uniform(generators, (2, *images.shape[1:]))
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.impulse_noise(images, draws, float(amount))
+        return kernels.impulse_noise(images, draws, float(amount), **finishing)
     replaced = draws[:, 0] < amount
     salt = (draws[:, 1] < 0.5).to(images.dtype)
-    return torch.where(replaced, salt, images)
+    return ops.deliver(torch.where(replaced, salt, images), **finishing)
 
 
-def shot_noise(images: torch.Tensor, photons: float, generators: Generators, family: str):
+def shot_noise(
+    images: torch.Tensor, photons: float, generators: Generators, family: str, **finishing
+):
     """poisson(x * photons) / photons.
 
     An image on the uint8 grid (every dataset this suite reads) has at most 256 distinct
@@ -71,7 +82,7 @@ def shot_noise(images: torch.Tensor, photons: float, generators: Generators, fam
         rate = images[index].double().cpu() * photons
         counts = torch.poisson(rate, generator=generators[index]).to(images.device)
         noisy[index] = (counts / photons).to(images.dtype)
-    return noisy
+    return ops.deliver(noisy, **finishing)
 
 
 def _invert_level_cdfs(

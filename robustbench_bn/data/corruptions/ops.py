@@ -16,6 +16,12 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
+#: How a corruption leaves its result (``finish=``): as computed, clamped to [0, 1], or clamped
+#: and quantized (:func:`quantize`). The engine asks for one of the last two; the compiled
+#: kernels apply it to each image while it is still in the cache, which saved a full pass over
+#: the batch (about 0.04 of 0.5 ms per 224 px image for elastic transform's resampling).
+RAW, CLAMPED, QUANTIZED = 0, 1, 2
+
 Result = TypeVar("Result")
 
 #: Border modes by their scipy.ndimage names. OpenCV's BORDER_REFLECT_101 is "mirror",
@@ -196,20 +202,35 @@ def correlate1d(images: torch.Tensor, taps: torch.Tensor, axis: int, mode: str) 
 
 
 def gaussian_filter(
-    images: torch.Tensor, sigma: float, mode: str = "nearest", truncate: float = 4.0
+    images: torch.Tensor,
+    sigma: float,
+    mode: str = "nearest",
+    truncate: float = 4.0,
+    *,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
 ) -> torch.Tensor:
-    """scipy.ndimage.gaussian_filter over the last two axes (skimage.filters.gaussian's core)."""
-    return separable_correlate(images, gaussian_taps(float(sigma), float(truncate)), mode)
+    """scipy.ndimage.gaussian_filter over the last two axes (skimage.filters.gaussian's core);
+    the result finished as ``finish`` asks into ``out`` (:func:`deliver`)."""
+    taps = gaussian_taps(float(sigma), float(truncate))
+    return separable_correlate(images, taps, mode, out=out, finish=finish)
 
 
 def _compiled_filter_speedup(size: int) -> int:
     return _COMPILED_FILTER_SPEEDUP if size >= _COMPILED_FILTER_FROM_SIZE else _MATRIX_SPEEDUP
 
 
-def separable_correlate(images: torch.Tensor, taps: torch.Tensor, mode: str) -> torch.Tensor:
+def separable_correlate(
+    images: torch.Tensor,
+    taps: torch.Tensor,
+    mode: str,
+    *,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """Correlate the last axis, then the second-to-last, with the same odd-length ``taps``,
     borders in ``mode``: compiled on the CPU where the shifted adds would make a memory
-    pass per tap."""
+    pass per tap. The result is finished as ``finish`` asks into ``out`` (:func:`deliver`)."""
     if (
         images.device.type == "cpu"
         and images.dtype in (torch.float32, torch.float64)
@@ -219,8 +240,10 @@ def separable_correlate(images: torch.Tensor, taps: torch.Tensor, mode: str) -> 
         from robustbench_bn.data.corruptions import kernels
 
         # Where the tensor version would make a memory pass per tap: both axes compiled.
-        return kernels.separable_filter(images, taps, mode)
-    return correlate1d(correlate1d(images, taps, -1, mode), taps, -2, mode)
+        if finish == RAW or (images.dtype == torch.float32 and out is not None):
+            return kernels.separable_filter(images, taps, mode, out=out, finish=finish)
+        return deliver(kernels.separable_filter(images, taps, mode), out, finish)
+    return deliver(correlate1d(correlate1d(images, taps, -1, mode), taps, -2, mode), out, finish)
 
 
 def correlate2d(images: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
@@ -313,7 +336,13 @@ def fft_convolve(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
 
 def motion_blur(
-    images: torch.Tensor, radius: int, sigma: float, angles_degrees: torch.Tensor
+    images: torch.Tensor,
+    radius: int,
+    sigma: float,
+    angles_degrees: torch.Tensor,
+    *,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
 ) -> torch.Tensor:
     """One-sided motion blur of [B, C, H, W] along each image's angle, edges replicated.
 
@@ -338,8 +367,9 @@ def motion_blur(
     if images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4:
         from robustbench_bn.data.corruptions import kernels
 
-        return kernels.motion_blur(images, torch.stack([shift_y, shift_x], -1), batch_weights)
-    return _motion_blur_by_fft(images, shift_y, shift_x, batch_weights)
+        shifts = torch.stack([shift_y, shift_x], -1)
+        return kernels.motion_blur(images, shifts, batch_weights, out=out, finish=finish)
+    return deliver(_motion_blur_by_fft(images, shift_y, shift_x, batch_weights), out, finish)
 
 
 def _motion_blur_by_fft(
@@ -500,6 +530,29 @@ def quantize_(images: torch.Tensor) -> torch.Tensor:
     """:func:`quantize` in place on an image batch the caller owns, already in [0, 1]: the
     same operations in the same order (bit-identical), one buffer instead of five."""
     return images.mul_(255).add_(1e-4).floor_().clamp_(max=255).div_(255)
+
+
+def deliver(
+    corrupted: torch.Tensor, out: torch.Tensor | None = None, finish: int = RAW
+) -> torch.Tensor:
+    """``corrupted`` finished as ``finish`` asks, written into ``out`` when given (float32, the
+    same shape), else returned (a new tensor unless ``finish`` is :data:`RAW`)."""
+    if out is None:
+        if finish == RAW:
+            return corrupted
+        out = torch.empty(corrupted.shape, dtype=torch.float32, device=corrupted.device)
+    on_cpu = out.device.type == "cpu" and corrupted.device.type == "cpu"
+    if finish != RAW and on_cpu and corrupted.dtype == torch.float32:
+        from robustbench_bn.data.corruptions import kernels
+
+        kernels.finish(corrupted, out, finish == QUANTIZED)
+        return out
+    corrupted = corrupted.float()
+    if finish != RAW:
+        corrupted = corrupted.clamp(0, 1)
+        if finish == QUANTIZED:
+            corrupted = quantize_(corrupted)
+    return out.copy_(corrupted)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ _MUD_COLOUR = (63 / 255, 42 / 255, 20 / 255)
 _EMBOSS = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
 
 
-def spatter(images: torch.Tensor, parameter, generators: Generators, family: str):
+def spatter(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     mean, std, liquid_sigma, threshold, strength, mode = parameter
     _, _, height, width = images.shape
     liquid = sampling.normal(generators, (1, height, width), dtype=torch.float64) * std + mean
@@ -31,9 +31,11 @@ def spatter(images: torch.Tensor, parameter, generators: Generators, family: str
     liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
     if mode == 0:
         if images.device.type == "cpu" and images.dtype == torch.float32:
-            return kernels.water(images, liquid, strength, _WATER_COLOUR, _DISTANCE_CAP)
-        return _water(images, liquid, strength)
-    return _mud(images, liquid, threshold, strength)
+            return kernels.water(
+                images, liquid, strength, _WATER_COLOUR, _DISTANCE_CAP, **finishing
+            )
+        return ops.deliver(_water(images, liquid, strength), **finishing)
+    return ops.deliver(_mud(images, liquid, threshold, strength), **finishing)
 
 
 def _mud(images: torch.Tensor, liquid: torch.Tensor, threshold: float, sigma: float):

@@ -21,7 +21,7 @@ from robustbench_bn.data.corruptions.sampling import Generators
 FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
 
 
-def snow(images: torch.Tensor, parameter, generators: Generators, family: str):
+def snow(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     mean, std, zoom, threshold, blur_radius, blur_sigma, image_weight = parameter
     batch, _, height, width = images.shape
     layer = sampling.normal(generators, (1, height, width)) * std + mean
@@ -34,8 +34,8 @@ def snow(images: torch.Tensor, parameter, generators: Generators, family: str):
     layer = ops.motion_blur(layer, int(blur_radius), float(blur_sigma), angles)
     layer = torch.round(layer.clamp(0, 1) * 255) / 255
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.snow_blend(images, layer, float(image_weight))
-    return snow_blend_by_tensor_operations(images, layer, image_weight)
+        return kernels.snow_blend(images, layer, float(image_weight), **finishing)
+    return ops.deliver(snow_blend_by_tensor_operations(images, layer, image_weight), **finishing)
 
 
 def snow_blend_by_tensor_operations(images: torch.Tensor, layer: torch.Tensor, image_weight):
@@ -100,7 +100,7 @@ def frost_photographs(family: str, height: int, width: int) -> tuple[torch.Tenso
     return tuple(resized)
 
 
-def frost(images: torch.Tensor, parameter, generators: Generators, family: str):
+def frost(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     image_weight, frost_weight = parameter
     height, width = images.shape[-2:]
     photographs = frost_photographs(family, height, width)
@@ -111,7 +111,7 @@ def frost(images: torch.Tensor, parameter, generators: Generators, family: str):
         top = int(row_draw * (photograph.shape[1] - height))
         left = int(col_draw * (photograph.shape[2] - width))
         crops.append(photograph[:, top : top + height, left : left + width])
-    return image_weight * images + frost_weight * torch.stack(crops)
+    return ops.deliver(image_weight * images + frost_weight * torch.stack(crops), **finishing)
 
 
 def plasma_fractal(generators: Generators, size: int, wibble_decay: float) -> torch.Tensor:
@@ -158,14 +158,14 @@ def _plasma_by_tensor_operations(
     return grid / grid.amax((1, 2), keepdim=True)
 
 
-def fog(images: torch.Tensor, parameter, generators: Generators, family: str):
+def fog(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     amount, wibble_decay = parameter
     height, width = images.shape[-2:]
     size = 1 << math.ceil(math.log2(max(height, width)))
     plasma = plasma_fractal(generators, size, float(wibble_decay))
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.fog_blend(images, plasma, float(amount))
+        return kernels.fog_blend(images, plasma, float(amount), **finishing)
     plasma = plasma[:, None, :height, :width]
     peak = images.amax((1, 2, 3), keepdim=True)
     fogged = images + amount * plasma.to(images.dtype)
-    return fogged * peak / (peak + amount)
+    return ops.deliver(fogged * peak / (peak + amount), **finishing)
