@@ -711,3 +711,14 @@ def test_deliver_finishes_on_every_path():
         assert ops.deliver(corrupted, out, ops.QUANTIZED) is out
         assert torch.allclose(out, levels, rtol=0, atol=1e-7)
         assert torch.equal(ops.deliver(corrupted, torch.empty(1, 1, 2, 2)), corrupted.float())
+
+
+def test_compiled_frost_blend_equals_the_tensor_steps():
+    images = torch.rand(3, 3, 20, 24)
+    photographs = torch.rand(2, 3, 30, 40)
+    corners = torch.tensor([[0, 0, 0], [1, 10, 16], [1, 3, 7]])
+    crops = torch.stack(
+        [photographs[p, :, top : top + 20, left : left + 24] for p, top, left in corners.tolist()]
+    )
+    expected = 0.35 * images + 0.75 * crops
+    assert torch.equal(kernels.frost_blend(images, photographs, corners, 0.35, 0.75), expected)

@@ -1554,6 +1554,50 @@ def water(
 
 
 @numba.njit(nogil=True, cache=True)
+def _frost_share(images, photographs, corners, keep, frost, finish, out, first, step):
+    # pragma: no cover - compiled
+    # keep * x + frost * crop in float32, as the tensor steps compute it, the crop read in
+    # place from its photograph.
+    channels, height, width = images.shape[1:]
+    scratch = np.empty(out.shape[1:], np.float32)
+    for index in range(first, images.shape[0], step):
+        result = _image_target(scratch, out, index, finish)
+        choice, top, left = corners[index, 0], corners[index, 1], corners[index, 2]
+        for channel in range(channels):
+            for row in range(height):
+                source = images[index, channel, row]
+                crop = photographs[choice, channel, top + row, left : left + width]
+                target = result[channel, row]
+                for col in range(width):
+                    target[col] = keep * source[col] + frost * crop[col]
+        _deliver(scratch, out, index, finish)
+
+
+def frost_blend(
+    images: torch.Tensor,
+    photographs: torch.Tensor,
+    corners: torch.Tensor,
+    image_weight: float,
+    frost_weight: float,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
+    """The compiled twin of :func:`.weather.frost`'s blend for CPU float32 images
+    [B, 3, H, W]: ``photographs`` [P, 3, h, w] float32, ``corners`` [B, (photograph, top,
+    left)] where each image's crop starts."""
+    return _images_from(
+        _frost_share,
+        images,
+        photographs.contiguous().numpy(),
+        corners.contiguous().numpy(),
+        np.float32(image_weight),
+        np.float32(frost_weight),
+        out=out,
+        finish=finish,
+    )
+
+
+@numba.njit(nogil=True, cache=True)
 def _impulse_drawing_share(images, states, amount, finish, out, first, step):
     # pragma: no cover - compiled
     # :func:`_impulse_share` with the image's two blocks of float32 uniforms (which pixels,

@@ -100,17 +100,41 @@ def frost_photographs(family: str, height: int, width: int) -> tuple[torch.Tenso
     return tuple(resized)
 
 
+@ops.cached_per_device
+def _stacked_frost_photographs(family: str, height: int, width: int) -> torch.Tensor:
+    """:func:`frost_photographs` zero-padded to one [5, 3, h, w] tensor for the compiled blend
+    (a crop never reaches the padding)."""
+    photographs = frost_photographs(family, height, width)
+    tallest = max(photograph.shape[1] for photograph in photographs)
+    widest = max(photograph.shape[2] for photograph in photographs)
+    stacked = torch.zeros((len(photographs), 3, tallest, widest), dtype=torch.float32)
+    for slot, photograph in zip(stacked, photographs, strict=True):
+        slot[:, : photograph.shape[1], : photograph.shape[2]] = photograph
+    return stacked
+
+
 def frost(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     image_weight, frost_weight = parameter
     height, width = images.shape[-2:]
     photographs = frost_photographs(family, height, width)
     draws = sampling.uniform(generators, (3,), dtype=torch.float64)
-    crops = []
-    for choice, row_draw, col_draw in draws.tolist():
-        photograph = photographs[min(int(choice * len(photographs)), len(photographs) - 1)]
+    picks = []  # (photograph, top, left) per image
+    for choice_draw, row_draw, col_draw in draws.tolist():
+        choice = min(int(choice_draw * len(photographs)), len(photographs) - 1)
+        photograph = photographs[choice]
         top = int(row_draw * (photograph.shape[1] - height))
         left = int(col_draw * (photograph.shape[2] - width))
-        crops.append(photograph[:, top : top + height, left : left + width])
+        picks.append((choice, top, left))
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        # The crops read in place from one padded stack of the photographs: no batch of them.
+        corners = torch.tensor(picks, dtype=torch.int64).view(-1, 3)
+        stacked = _stacked_frost_photographs(family, height, width)
+        weights = (float(image_weight), float(frost_weight))
+        return kernels.frost_blend(images, stacked, corners, *weights, **finishing)
+    crops = [
+        photographs[choice][:, top : top + height, left : left + width]
+        for choice, top, left in picks
+    ]
     return ops.deliver(image_weight * images + frost_weight * torch.stack(crops), **finishing)
 
 
