@@ -450,16 +450,20 @@ def shot_noise(
 
 
 @numba.njit(nogil=True, cache=True)
-def _shot_noise_drawing_share(pixels, states, table, guide, photons, noisy, on_grid, first, step):
-    # pragma: no cover - compiled
+def _shot_noise_drawing_share(
+    pixels, states, table, guide, photons, on_grid, finish, noisy, first, step
+):  # pragma: no cover - compiled
     # :func:`_shot_noise` with each image's float64 uniforms drawn chunk by chunk from its
     # generator's state (the numbers ``sampling.uniform`` would return) instead of read from
     # a batch of them: no pass through memory. An image off the grid still consumes all its
-    # uniforms, as the batch draw did, before its torch.poisson fallback.
+    # uniforms, as the batch draw did, before its torch.poisson fallback (whose result the
+    # caller finishes: an image off the grid is left unset).
     count = pixels.shape[1]
     buffer = np.empty(2 * mersenne.CHUNK, np.uint32)
     uniforms = np.empty(mersenne.CHUNK, np.float64)
+    scratch = np.empty(count, np.float32)
     for index in range(first, pixels.shape[0], step):
+        target = _image_target(scratch, noisy, index, finish)
         words, position = mersenne.open_state(states[index])
         grid = True
         for start in range(0, count, mersenne.CHUNK):
@@ -473,10 +477,14 @@ def _shot_noise_drawing_share(pixels, states, table, guide, photons, noisy, on_g
                     table,
                     guide,
                     photons,
-                    noisy[index, start:stop],
+                    target[start:stop],
                 )
         mersenne.close_state(states[index], words, position)
         on_grid[index] = grid
+        if grid and finish != RAW:
+            _finish(
+                scratch.reshape(1, 1, count), noisy[index].reshape(1, 1, count), finish == QUANTIZED
+            )
 
 
 def shot_noise_drawing(
@@ -485,12 +493,15 @@ def shot_noise_drawing(
     table: torch.Tensor,
     guide: torch.Tensor,
     photons: float,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`shot_noise` drawing each image's float64 uniforms (shape of the image) from its
-    generator inside the compiled loop, then advancing the generators as the draw would."""
+    generator inside the compiled loop, then advancing the generators as the draw would.
+    The images on the grid are finished as ``finish`` asks into ``out`` (when given)."""
     batch = images.shape[0]
     pixels = images.reshape(batch, -1).contiguous()
-    noisy = torch.empty_like(pixels)
+    noisy = torch.empty_like(pixels) if out is None else out.view(batch, -1)
     on_grid = torch.zeros(batch, dtype=torch.bool)
     with _generator_states(generators) as states:
         _in_shares(
@@ -501,10 +512,11 @@ def shot_noise_drawing(
             table.numpy(),
             guide.numpy(),
             np.float32(photons),
-            noisy.numpy(),
             on_grid.numpy(),
+            int(finish),
+            noisy.numpy(),
         )
-    return noisy.view_as(images), on_grid
+    return (noisy.view_as(images) if out is None else out), on_grid
 
 
 def finish(corrupted: torch.Tensor, out: torch.Tensor, quantize: bool) -> None:

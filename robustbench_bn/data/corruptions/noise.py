@@ -57,7 +57,12 @@ def impulse_noise(
 
 
 def shot_noise(
-    images: torch.Tensor, photons: float, generators: Generators, family: str, **finishing
+    images: torch.Tensor,
+    photons: float,
+    generators: Generators,
+    family: str,
+    out: torch.Tensor | None = None,
+    finish: int = ops.RAW,
 ):
     """poisson(x * photons) / photons.
 
@@ -69,9 +74,13 @@ def shot_noise(
     """
     table = _poisson_level_table(float(photons))
     guide = _poisson_guide(float(photons))
-    if images.device.type == "cpu" and images.dtype == torch.float32:
-        # The uniforms are drawn inside the compiled loop: the same numbers.
-        noisy, on_grid = kernels.shot_noise_drawing(images, generators, table, guide, photons)
+    finished = images.device.type == "cpu" and images.dtype == torch.float32
+    if finished:
+        # The uniforms are drawn inside the compiled loop: the same numbers. Images on the
+        # grid come back finished, the others unset.
+        noisy, on_grid = kernels.shot_noise_drawing(
+            images, generators, table, guide, photons, out=out, finish=finish
+        )
     else:
         uniforms = sampling.uniform(generators, tuple(images.shape[1:]), dtype=torch.float64)
         levels = torch.round(images * 255)
@@ -81,8 +90,12 @@ def shot_noise(
     for index in (~on_grid).nonzero().view(-1).tolist():
         rate = images[index].double().cpu() * photons
         counts = torch.poisson(rate, generator=generators[index]).to(images.device)
-        noisy[index] = (counts / photons).to(images.dtype)
-    return ops.deliver(noisy, **finishing)
+        fallback = (counts / photons).to(images.dtype)
+        if finished:
+            ops.deliver(fallback[None], noisy[index : index + 1], finish)
+        else:
+            noisy[index] = fallback
+    return noisy if finished else ops.deliver(noisy, out, finish)
 
 
 def _invert_level_cdfs(
