@@ -42,7 +42,7 @@ def defocus_blur(images: torch.Tensor, parameter, generators: Generators, family
     radius, alias_blur = parameter
     # cv2.filter2D's default border is BORDER_REFLECT_101.
     kernel = disk_kernel(float(radius), float(alias_blur))
-    return ops.deliver(ops.correlate2d(images, kernel, "mirror"), **finishing)
+    return ops.correlate2d(images, kernel, "mirror", **finishing)
 
 
 def gaussian_blur(

@@ -286,6 +286,30 @@ def _deliver(scratch, out, index, finish):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
+def finish_crop(image, top, left, out, finish):  # pragma: no cover - compiled
+    """``image`` [C, H', W'] cropped to ``out``'s [C, H, W] from (``top``, ``left``) and
+    finished as ``finish`` asks (:data:`.ops.RAW` copies): rows indexed from an offset, so
+    the loops vectorize where a strided view of the crop would not."""
+    channels, height, width = out.shape
+    quantize = finish == QUANTIZED
+    low, high = np.float32(0.0), np.float32(1.0)
+    for channel in range(channels):
+        for row in range(height):
+            source = image[channel, top + row]
+            target = out[channel, row]
+            if finish == RAW:
+                for col in range(width):
+                    target[col] = source[left + col]
+            elif quantize:
+                for col in range(width):
+                    target[col] = _clamped_level(source[left + col]) / np.float32(255.0)
+            else:
+                for col in range(width):
+                    value = source[left + col]
+                    target[col] = low if value < low else (high if value > high else value)
+
+
+@numba.njit(nogil=True, cache=True)
 def _pad_share(images, rows, cols, left, out, first, step):  # pragma: no cover - compiled
     # out[..., r, c] = images[..., rows[r], cols[c]]; inside the image a padded column is
     # its own source, so each row's interior is a contiguous (vectorized) copy.

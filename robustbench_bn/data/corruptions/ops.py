@@ -246,9 +246,17 @@ def separable_correlate(
     return deliver(correlate1d(correlate1d(images, taps, -1, mode), taps, -2, mode), out, finish)
 
 
-def correlate2d(images: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+def correlate2d(
+    images: torch.Tensor,
+    kernel: torch.Tensor,
+    mode: str,
+    *,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
     """cv2.filter2D: correlate every [H, W] plane with one odd-sized 2-D kernel (anchor at
-    its centre), borders in ``mode``. Large kernels go through the FFT."""
+    its centre), borders in ``mode``. Large kernels go through the FFT. The result is
+    finished as ``finish`` asks into ``out`` (:func:`deliver`)."""
     kernel_height, kernel_width = kernel.shape
     top, left = kernel_height // 2, kernel_width // 2
     if kernel.numel() > _LARGEST_DIRECT_KERNEL:
@@ -268,12 +276,15 @@ def correlate2d(images: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.
         circular = _circular_kernel(
             flipped.reshape(1, -1), offsets.expand(1, -1, -1), padded.shape[-2:]
         )
-        if padded.device.type == "cpu" and padded.dim() == 4:
-            return _fft_convolve_per_image(padded, circular[0], top, left, images.shape[-2:])
+        if padded.device.type == "cpu" and padded.dim() == 4 and padded.dtype == torch.float32:
+            return _fft_convolve_per_image(
+                padded, circular[0], top, left, images.shape[-2:], out, finish
+            )
         filtered = fft_convolve(
             padded, circular.view(*((1,) * (padded.dim() - 2)), *circular.shape[-2:])
         )
-        return filtered[..., top : top + images.shape[-2], left : left + images.shape[-1]]
+        filtered = filtered[..., top : top + images.shape[-2], left : left + images.shape[-1]]
+        return deliver(filtered, out, finish)
     padded = pad(images, top, top, left, left, mode)
     height, width = images.shape[-2:]
     filtered = torch.zeros_like(images)
@@ -282,14 +293,21 @@ def correlate2d(images: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.
             weight = float(kernel[row, col])
             if weight != 0:
                 filtered.add_(padded[..., row : row + height, col : col + width], alpha=weight)
-    return filtered
+    return deliver(filtered, out, finish)
 
 
 def _fft_convolve_per_image(
-    padded: torch.Tensor, kernel: torch.Tensor, top: int, left: int, size: torch.Size
+    padded: torch.Tensor,
+    kernel: torch.Tensor,
+    top: int,
+    left: int,
+    size: torch.Size,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
 ) -> torch.Tensor:
-    """:func:`fft_convolve` of CPU images [B, C, H', W'] with one circular kernel [H', W'],
-    image by image on the draw pool's threads, cropped to ``size`` from (``top``, ``left``).
+    """:func:`fft_convolve` of CPU float32 images [B, C, H', W'] with one circular kernel
+    [H', W'], image by image on the draw pool's threads, cropped to ``size`` from (``top``,
+    ``left``) and finished as ``finish`` asks into ``out`` while in the cache.
 
     scipy's FFT runs without the GIL and without OpenMP, so the two threads each transform
     their own images. With torch's batched FFT, split over OpenMP's threads, defocus blur took
@@ -299,18 +317,20 @@ def _fft_convolve_per_image(
     """
     import scipy.fft
 
-    from robustbench_bn.data.corruptions import sampling
+    from robustbench_bn.data.corruptions import kernels, sampling
 
     shape = tuple(padded.shape[-2:])
     height, width = size
     sources = padded.numpy()
     spectrum = scipy.fft.rfft2(kernel.to(padded.dtype).numpy())
     filtered = torch.empty((*padded.shape[:2], height, width), dtype=padded.dtype)
+    if out is not None:
+        filtered = out
     targets = filtered.numpy()
 
     def one_image(index: int) -> None:
         image = scipy.fft.irfft2(scipy.fft.rfft2(sources[index]) * spectrum, s=shape)
-        targets[index] = image[:, top : top + height, left : left + width]
+        kernels.finish_crop(image, top, left, targets[index], finish)
 
     sampling.run_per_image(len(sources), one_image)
     return filtered
