@@ -722,3 +722,21 @@ def test_compiled_frost_blend_equals_the_tensor_steps():
     )
     expected = 0.35 * images + 0.75 * crops
     assert torch.equal(kernels.frost_blend(images, photographs, corners, 0.35, 0.75), expected)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.02, 0.3])
+def test_compiled_distance_is_the_exact_euclidean_distance_capped(density):
+    from scipy import ndimage
+
+    from robustbench_bn.data.corruptions import spatter
+
+    edges = torch.rand(2, 1, 70, 90, generator=torch.Generator().manual_seed(3)) < density
+    edges[1, 0, 35, 45] = True  # at least one edge in the second plane
+    cap = spatter._DISTANCE_CAP + 1
+    distance = spatter.distance_to_edges(edges)
+    for plane, edge_plane in zip(distance[:, 0], edges[:, 0], strict=True):
+        if edge_plane.any():
+            exact = ndimage.distance_transform_edt(~edge_plane.numpy())
+        else:
+            exact = torch.full(edge_plane.shape, float(cap), dtype=torch.float64).numpy()
+        assert torch.equal(plane, torch.from_numpy(exact).clamp(max=cap))

@@ -113,14 +113,13 @@ def _canny(plane, low, high, edges):  # pragma: no cover - compiled
 @numba.njit(nogil=True, cache=True)
 def _distance_to_edges(edges, cap, distance):  # pragma: no cover - compiled
     # min(cap, Euclidean distance to the nearest edge): the torch path's capped row distances,
-    # then per column the lower envelope of the parabolas (row - source)^2 + along[source]^2
-    # (Felzenszwalb & Huttenlocher 2012, "Distance Transforms of Sampled Functions"), linear
-    # in the height. Sources beyond the cap cannot win (a pixel's own capped value is at most
-    # cap^2), so the minimum is the capped search's. Squares are integers and intersections
-    # ratios of small integers, compared exactly: the same integer minimum.
+    # then per pixel the minimum of along[row + k]^2 + k^2 over |k| <= cap. Sources further
+    # away cannot win (a pixel's own capped value is at most cap^2), so this is the exact
+    # capped minimum. Squares are small integers, exact in float32; row by row across the
+    # columns, so the loops vectorize: 0.26 against 0.49 ms per 224 px plane here for the
+    # lower envelope of parabolas (Felzenszwalb & Huttenlocher 2012), with the same result.
     height, width = edges.shape
-    # Squared capped row distances, stored column by column for the column pass.
-    squares = np.empty((width, height), np.int64)
+    squares = np.empty((height, width), np.float32)
     along = np.empty(width, np.int64)
     for row in range(height):
         last = -(10**6)
@@ -129,47 +128,30 @@ def _distance_to_edges(edges, cap, distance):  # pragma: no cover - compiled
                 last = col
             along[col] = col - last
         last = width - 1 + 10**6
+        line = squares[row]
         for col in range(width - 1, -1, -1):
             if edges[row, col]:
                 last = col
             nearest = min(min(along[col], last - col), cap)
-            squares[col, row] = nearest * nearest
-    # Intersection k lies at numerators[k] / denominators[k] (denominators > 0); comparing
-    # cross products instead of dividing keeps the divisions off the loop's critical path
-    # (1.56 -> 1.18 ms per 224 px plane here) and compares the same rationals exactly.
-    sources = np.empty(height, np.int64)
-    numerators = np.empty(height, np.int64)
-    denominators = np.empty(height, np.int64)
-    for col in range(width):
-        values = squares[col]
-        count = 0
-        sources[0] = 0
-        for row in range(1, height):
-            lifted = values[row] + row * row
-            while True:
-                source = sources[count]
-                numerator = lifted - (values[source] + source * source)
-                denominator = 2 * (row - source)
-                # Pop parabola ``count`` while the new one meets it at or before where it
-                # began to be the lowest (parabola 0 begins at minus infinity).
-                if count > 0 and (
-                    numerator * denominators[count] <= numerators[count] * denominator
-                ):
-                    count -= 1
-                    continue
-                break
-            count += 1
-            sources[count] = row
-            numerators[count] = numerator
-            denominators[count] = denominator
-        last = count
-        count = 0
-        for row in range(height):
-            while count < last and numerators[count + 1] < row * denominators[count + 1]:
-                count += 1
-            source = sources[count]
-            best = (row - source) * (row - source) + values[source]
-            distance[row, col] = np.sqrt(np.float64(best))
+            line[col] = np.float32(nearest * nearest)
+    best = np.empty(width, np.float32)
+    for row in range(height):
+        best[:] = squares[row]
+        for offset in range(1, cap + 1):
+            lift = np.float32(offset * offset)
+            if row - offset >= 0:
+                other = squares[row - offset]
+                for col in range(width):
+                    candidate = other[col] + lift
+                    best[col] = candidate if candidate < best[col] else best[col]
+            if row + offset < height:
+                other = squares[row + offset]
+                for col in range(width):
+                    candidate = other[col] + lift
+                    best[col] = candidate if candidate < best[col] else best[col]
+        target = distance[row]
+        for col in range(width):
+            target[col] = np.sqrt(np.float64(best[col]))
 
 
 @numba.njit(nogil=True, cache=True)
