@@ -740,3 +740,16 @@ def test_compiled_distance_is_the_exact_euclidean_distance_capped(density):
         else:
             exact = torch.full(edge_plane.shape, float(cap), dtype=torch.float64).numpy()
         assert torch.equal(plane, torch.from_numpy(exact).clamp(max=cap))
+
+
+def test_compiled_mud_blend_equals_the_tensor_steps():
+    from robustbench_bn.data.corruptions import spatter
+
+    images = torch.rand(3, 3, 40, 36)
+    generators = sampling.generators_for(torch.arange(3))
+    liquid = sampling.normal(generators, (1, 40, 36), dtype=torch.float64) * 0.3 + 0.6
+    liquid = ops.gaussian_filter(liquid, 1.0, mode="nearest")
+    mask = ops.gaussian_filter((liquid > 0.65).float(), 1.0, mode="nearest")
+    compiled = kernels.mud_blend(images, mask, spatter._MUD_COLOUR)
+    assert torch.equal(compiled, spatter._mud(images, liquid, 0.65, 1.0))
+    assert bool((compiled != images).any()) and bool((compiled == images).any())

@@ -1580,6 +1580,46 @@ def water(
 
 
 @numba.njit(nogil=True, cache=True)
+def _mud_share(images, mask, colour, finish, out, first, step):  # pragma: no cover - compiled
+    # :func:`.spatter._mud`'s blend in float32 as the tensor steps compute it: the mask
+    # zeroed below 0.8, then x * (1 - mask) + colour * mask.
+    channels, height, width = images.shape[1:]
+    scratch = np.empty(out.shape[1:], np.float32)
+    zero, one, floor = np.float32(0.0), np.float32(1.0), np.float32(0.8)
+    for index in range(first, images.shape[0], step):
+        result = _image_target(scratch, out, index, finish)
+        for channel in range(channels):
+            shade = colour[channel]
+            for row in range(height):
+                weights = mask[index, 0, row]
+                source = images[index, channel, row]
+                target = result[channel, row]
+                for col in range(width):
+                    weight = zero if weights[col] < floor else weights[col]
+                    target[col] = source[col] * (one - weight) + shade * weight
+        _deliver(scratch, out, index, finish)
+
+
+def mud_blend(
+    images: torch.Tensor,
+    mask: torch.Tensor,
+    colour,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
+    """The compiled twin of :func:`.spatter._mud`'s blend of CPU float32 images [B, 3, H, W]
+    with their smoothed mud masks [B, 1, H, W] (float32) in ``colour`` (RGB in [0, 1])."""
+    return _images_from(
+        _mud_share,
+        images,
+        mask.contiguous().numpy(),
+        np.asarray(colour, dtype=np.float32),
+        out=out,
+        finish=finish,
+    )
+
+
+@numba.njit(nogil=True, cache=True)
 def _frost_share(images, photographs, corners, keep, frost, finish, out, first, step):
     # pragma: no cover - compiled
     # keep * x + frost * crop in float32, as the tensor steps compute it, the crop read in

@@ -35,6 +35,9 @@ def spatter(images: torch.Tensor, parameter, generators: Generators, family: str
                 images, liquid, strength, _WATER_COLOUR, _DISTANCE_CAP, **finishing
             )
         return ops.deliver(_water(images, liquid, strength), **finishing)
+    if images.device.type == "cpu" and images.dtype == torch.float32:
+        mask = ops.gaussian_filter((liquid > threshold).float(), strength, mode="nearest")
+        return kernels.mud_blend(images, mask, _MUD_COLOUR, **finishing)
     return ops.deliver(_mud(images, liquid, threshold, strength), **finishing)
 
 
