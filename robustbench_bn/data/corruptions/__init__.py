@@ -10,6 +10,12 @@ uint8 grid like the reference's ``np.uint8`` cast. Parameters, one table per res
 hendrycks/robustness ``ImageNet-C/create_c/make_{cifar,tinyimagenet,imagenet}_c.py``; the
 algorithms are in :mod:`.noise`, :mod:`.blur`, :mod:`.weather`, :mod:`.digital` and
 :mod:`.spatter`. docs/CORRUPTIONS.md records how each compares with the reference.
+
+Each corruption is a function ``(images, parameter, generators, family, out=None,
+finish=ops.RAW)``: it corrupts the chunk and writes it into ``out`` finished as ``finish`` asks
+(clamped, or clamped and quantized). A new corruption can end with
+``return ops.deliver(result, out, finish)``; the compiled kernels finish each image while it is
+still in the cache instead.
 """
 
 from __future__ import annotations
