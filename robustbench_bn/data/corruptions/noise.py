@@ -74,8 +74,8 @@ def shot_noise(
     """
     table = _poisson_level_table(float(photons))
     guide = _poisson_guide(float(photons))
-    finished = images.device.type == "cpu" and images.dtype == torch.float32
-    if finished:
+    compiled = images.device.type == "cpu" and images.dtype == torch.float32
+    if compiled:
         # The uniforms are drawn inside the compiled loop: the same numbers. Images on the
         # grid come back finished, the others unset.
         noisy, on_grid = kernels.shot_noise_drawing(
@@ -91,11 +91,11 @@ def shot_noise(
         rate = images[index].double().cpu() * photons
         counts = torch.poisson(rate, generator=generators[index]).to(images.device)
         fallback = (counts / photons).to(images.dtype)
-        if finished:
+        if compiled:
             ops.deliver(fallback[None], noisy[index : index + 1], finish)
         else:
             noisy[index] = fallback
-    return noisy if finished else ops.deliver(noisy, out, finish)
+    return noisy if compiled else ops.deliver(noisy, out, finish)
 
 
 def _invert_level_cdfs(
