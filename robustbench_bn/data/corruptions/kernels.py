@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from robustbench_bn.data.corruptions import mersenne
-from robustbench_bn.data.corruptions.ops import QUANTIZED, RAW, border_index
+from robustbench_bn.data.corruptions.ops import CLAMPED, QUANTIZED, RAW, border_index
 from robustbench_bn.data.corruptions.sampling import run_in_shares
 
 
@@ -232,24 +232,33 @@ def _clamped_level(value):  # pragma: no cover - compiled
     return min(np.floor(value * np.float32(255.0) + np.float32(1e-4)), np.float32(255.0))
 
 
+@numba.njit(inline="always")
+def _finish_row(source, start, target, finish):  # pragma: no cover - compiled
+    # target[col] = source[start + col] clamped, and quantized (the level divided by 255), or
+    # copied (RAW); the flag outside the loops and the offset index (no strided view), so
+    # each loop vectorizes.
+    low, high = np.float32(0.0), np.float32(1.0)
+    if finish == RAW:
+        for col in range(target.shape[0]):
+            target[col] = source[start + col]
+    elif finish == QUANTIZED:
+        for col in range(target.shape[0]):
+            target[col] = _clamped_level(source[start + col]) / np.float32(255.0)
+    else:
+        for col in range(target.shape[0]):
+            value = source[start + col]
+            target[col] = low if value < low else (high if value > high else value)
+
+
 @numba.njit(nogil=True, cache=True)
 def _finish(corrupted, out, quantize):  # pragma: no cover - compiled
-    # Clamp, and quantize (the level divided by 255), fused into one pass writing the result;
-    # row by row (a crop's rows are contiguous where the whole is not: no copy), the flag
-    # outside the loops, so each vectorizes.
-    low, high = np.float32(0.0), np.float32(1.0)
-    channels, height, width = corrupted.shape
+    # Clamp, and quantize, fused into one pass writing the result, row by row (a crop's rows
+    # are contiguous where the whole is not: no copy).
+    finish = QUANTIZED if quantize else CLAMPED
+    channels, height = corrupted.shape[0], corrupted.shape[1]
     for channel in range(channels):
         for row in range(height):
-            values = corrupted[channel, row]
-            target = out[channel, row]
-            if quantize:
-                for col in range(width):
-                    target[col] = _clamped_level(values[col]) / np.float32(255.0)
-            else:
-                for col in range(width):
-                    value = values[col]
-                    target[col] = low if value < low else (high if value > high else value)
+            _finish_row(corrupted[channel, row], 0, out[channel, row], finish)
 
 
 @numba.njit(inline="always")
@@ -263,8 +272,10 @@ def _image_target(scratch, out, index, finish):  # pragma: no cover - compiled
 
 @numba.njit(inline="always")
 def _deliver(scratch, out, index, finish):  # pragma: no cover - compiled
+    # Image ``index`` finished from the scratch into the result, both contiguous, of any shape
+    # (a 3-D image, a 2-D plane, a flat row), as one run of values.
     if finish != RAW:
-        _finish(scratch, out[index], finish == QUANTIZED)
+        _finish_row(scratch.ravel(), 0, out[index].ravel(), finish)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -272,23 +283,10 @@ def finish_crop(image, top, left, out, finish):  # pragma: no cover - compiled
     """``image`` [C, H', W'] cropped to ``out``'s [C, H, W] from (``top``, ``left``) and
     finished as ``finish`` asks (:data:`.ops.RAW` copies): rows indexed from an offset, so
     the loops vectorize where a strided view of the crop would not."""
-    channels, height, width = out.shape
-    quantize = finish == QUANTIZED
-    low, high = np.float32(0.0), np.float32(1.0)
+    channels, height = out.shape[0], out.shape[1]
     for channel in range(channels):
         for row in range(height):
-            source = image[channel, top + row]
-            target = out[channel, row]
-            if finish == RAW:
-                for col in range(width):
-                    target[col] = source[left + col]
-            elif quantize:
-                for col in range(width):
-                    target[col] = _clamped_level(source[left + col]) / np.float32(255.0)
-            else:
-                for col in range(width):
-                    value = source[left + col]
-                    target[col] = low if value < low else (high if value > high else value)
+            _finish_row(image[channel, top + row], left, out[channel, row], finish)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -487,10 +485,8 @@ def _shot_noise_drawing_share(
                 )
         mersenne.close_state(states[index], words, position)
         on_grid[index] = grid
-        if grid and finish != RAW:
-            _finish(
-                scratch.reshape(1, 1, count), noisy[index].reshape(1, 1, count), finish == QUANTIZED
-            )
+        if grid:
+            _deliver(scratch, noisy, index, finish)
 
 
 def shot_noise_drawing(
@@ -768,12 +764,7 @@ def _separable_filter_share(planes, taps, row_sources, col_sources, finish, out,
     for index in range(first, planes.shape[0], step):
         target = _image_target(scratch, out, index, finish)
         _separable_filter(planes[index], taps, row_sources, col_sources, across, padded, target)
-        if finish != RAW:
-            _finish(
-                scratch.reshape(1, height, width),
-                out[index].reshape(1, height, width),
-                finish == QUANTIZED,
-            )
+        _deliver(scratch, out, index, finish)
 
 
 def separable_filter(

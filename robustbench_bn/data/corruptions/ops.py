@@ -239,8 +239,9 @@ def separable_correlate(
     ):
         from robustbench_bn.data.corruptions import kernels
 
-        # Where the tensor version would make a memory pass per tap: both axes compiled.
-        if finish == RAW or (images.dtype == torch.float32 and out is not None):
+        # Where the tensor version would make a memory pass per tap: both axes compiled
+        # (finishing inside the kernel needs float32 planes).
+        if finish == RAW or images.dtype == torch.float32:
             return kernels.separable_filter(images, taps, mode, out=out, finish=finish)
         return deliver(kernels.separable_filter(images, taps, mode), out, finish)
     return deliver(correlate1d(correlate1d(images, taps, -1, mode), taps, -2, mode), out, finish)
