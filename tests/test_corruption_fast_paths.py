@@ -753,3 +753,40 @@ def test_compiled_mud_blend_equals_the_tensor_steps():
     compiled = kernels.mud_blend(images, mask, spatter._MUD_COLOUR)
     assert torch.equal(compiled, spatter._mud(images, liquid, 0.65, 1.0))
     assert bool((compiled != images).any()) and bool((compiled == images).any())
+
+
+@pytest.mark.parametrize("family", ["imagenet", "tiny_imagenet", "cifar"])
+def test_compiled_disk_blur_equals_correlating_with_the_disk_kernel(family):
+    # Defocus blur's disk as running column sums of the blurred image: the reference's kernel
+    # wherever its mirrored blur stays inside the grid (it does not for ImageNet's radii 8
+    # and 10, which keep the FFT).
+    import torch.nn.functional as F
+
+    from robustbench_bn.data.corruptions.parameters import TABLES
+
+    images = torch.rand(2, 3, 41, 50) * 1.4 - 0.2
+    for radius, alias_blur in TABLES[family]["defocus_blur"]:
+        columns = blur.disk_columns(float(radius), float(alias_blur))
+        kernel = blur.disk_kernel(float(radius), float(alias_blur))
+        if columns is None:
+            assert family == "imagenet" and radius >= 8
+            continue
+        heights, taps = columns
+        disk = torch.zeros(2 * len(heights) - 1 + 2, 2 * len(heights) - 1 + 2, dtype=torch.float64)
+        centre = disk.shape[0] // 2
+        for offset, half_height in enumerate(heights):
+            column = centre + offset - len(heights) // 2
+            disk[centre - half_height : centre + half_height + 1, column] = 1
+        disk /= disk.sum()
+        blur_taps = torch.tensor(taps, dtype=torch.float64)
+        rebuilt = F.conv2d(
+            disk[None, None], torch.outer(blur_taps, blur_taps)[None, None], padding=1
+        )
+        trim = (rebuilt.shape[-1] - kernel.shape[-1]) // 2
+        rebuilt = rebuilt[0, 0, trim : rebuilt.shape[-2] - trim, trim : rebuilt.shape[-1] - trim]
+        assert rebuilt.shape == kernel.shape, (radius, alias_blur)
+        # disk_kernel blurs through a float32 matrix product: equal within its rounding.
+        assert torch.allclose(rebuilt.float(), kernel, rtol=0, atol=1e-7)
+        compiled = kernels.disk_blur(images, heights, taps)
+        expected = ops.correlate2d(images, kernel, "mirror")
+        assert torch.allclose(compiled, expected, rtol=0, atol=2e-6), (radius, alias_blur)

@@ -8,17 +8,17 @@ parameter, one generator per image and the family.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from robustbench_bn.data.corruptions import kernels, ops, sampling
 from robustbench_bn.data.corruptions.sampling import Generators
 
 
-@ops.cached_per_device
-def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
-    """The reference's ``disk``: a normalised disk x^2 + y^2 <= r^2 on the grid -8..8 (or
-    -r..r when r > 8), anti-aliased by cv2.GaussianBlur (3x3, or 5x5 when r > 8), trimmed to
-    its non-zero support."""
+def _disk_grid(radius: float, alias_blur: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's ``disk`` before its blur: the normalised disk x^2 + y^2 <= r^2 on the
+    grid -8..8 (or -r..r when r > 8), and cv2.GaussianBlur's taps (3, or 5 when r > 8)."""
     if radius <= 8:
         half, blur_size = 8, 3
     else:
@@ -27,19 +27,49 @@ def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     y, x = torch.meshgrid(offsets, offsets, indexing="ij")
     disk = ((x**2 + y**2) <= radius**2).double()
     disk /= disk.sum()
-    taps = ops.opencv_gaussian_taps(blur_size, float(alias_blur))
+    return disk, ops.opencv_gaussian_taps(blur_size, float(alias_blur))
+
+
+@ops.cached_per_device
+def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
+    """The reference's ``disk``: a normalised disk x^2 + y^2 <= r^2 on the grid -8..8 (or
+    -r..r when r > 8), anti-aliased by cv2.GaussianBlur (3x3, or 5x5 when r > 8), trimmed to
+    its non-zero support."""
+    disk, taps = _disk_grid(radius, alias_blur)
+    size = disk.shape[0]
     blurred = ops.correlate1d(disk, taps, -1, "mirror")
     blurred = ops.correlate1d(blurred, taps, -2, "mirror")
     nonzero = blurred.abs() > 0
     rows = torch.nonzero(nonzero.any(1)).view(-1)
     cols = torch.nonzero(nonzero.any(0)).view(-1)
     # Keep the kernel centred: trim the same amount on both sides.
-    trim = int(min(rows[0], len(offsets) - 1 - rows[-1], cols[0], len(offsets) - 1 - cols[-1]))
-    return blurred[trim : len(offsets) - trim, trim : len(offsets) - trim].float()
+    trim = int(min(rows[0], size - 1 - rows[-1], cols[0], size - 1 - cols[-1]))
+    return blurred[trim : size - trim, trim : size - trim].float()
+
+
+@functools.cache
+def disk_columns(
+    radius: float, alias_blur: float
+) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """:func:`disk_kernel` as a disk and a separable blur: each disk column's half height
+    (rows -h..h, for columns -reach..reach) and the blur's taps; None where the reference's
+    mirrored blur reaches the grid's edge, so its kernel is not the disk's plain blur."""
+    disk, taps = _disk_grid(radius, alias_blur)
+    half = disk.shape[0] // 2
+    column_heights = (disk > 0).sum(0)  # each column of a disk is one centred run
+    reach = int(torch.nonzero(column_heights).view(-1)[-1]) - half
+    if reach + len(taps) // 2 > half:
+        return None
+    heights = tuple(int(count) // 2 for count in column_heights[half - reach : half + reach + 1])
+    return heights, tuple(taps.tolist())
 
 
 def defocus_blur(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     radius, alias_blur = parameter
+    columns = disk_columns(float(radius), float(alias_blur))
+    if columns is not None and images.device.type == "cpu" and images.dtype == torch.float32:
+        heights, taps = columns
+        return kernels.disk_blur(images, heights, taps, **finishing)
     # cv2.filter2D's default border is BORDER_REFLECT_101.
     kernel = disk_kernel(float(radius), float(alias_blur))
     return ops.correlate2d(images, kernel, "mirror", **finishing)
