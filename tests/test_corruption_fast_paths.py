@@ -527,13 +527,25 @@ def test_compiled_water_glare_equals_the_tensor_steps(family, size):
             continue
         generators = sampling.generators_for(torch.tensor([1, 2, 3]))
         liquid = sampling.normal(generators, (1, *size), dtype=torch.float64) * std + mean
-        liquid = ops.gaussian_filter(liquid, liquid_sigma, mode="nearest")
-        liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
-        liquid[2] = 0  # no drops: no edges, a constant distance map
+        unthresholded = ops.gaussian_filter(liquid, liquid_sigma, mode="nearest")
+        unthresholded[2] = 0  # no drops: no edges, a constant distance map
+        liquid = torch.where(
+            unthresholded < threshold, torch.zeros_like(unthresholded), unthresholded
+        )
         compiled = kernels.water(
             images, liquid, strength, spatter._WATER_COLOUR, spatter._DISTANCE_CAP
         )
         assert torch.equal(compiled, spatter._water(images, liquid, strength))
+        # Zeroing the liquid below the threshold inside the kernel: the same result.
+        zeroed_inside = kernels.water(
+            images,
+            unthresholded,
+            strength,
+            spatter._WATER_COLOUR,
+            spatter._DISTANCE_CAP,
+            threshold=threshold,
+        )
+        assert torch.equal(zeroed_inside, compiled)
         assert not torch.equal(compiled[0], images[0])  # glare was added
 
 

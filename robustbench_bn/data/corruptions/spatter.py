@@ -26,16 +26,18 @@ _EMBOSS = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
 def spatter(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     mean, std, liquid_sigma, threshold, strength, mode = parameter
     _, _, height, width = images.shape
-    liquid = sampling.normal(generators, (1, height, width), dtype=torch.float64) * std + mean
-    liquid = ops.gaussian_filter(liquid, liquid_sigma, mode="nearest")
+    liquid = sampling.normal(generators, (1, height, width), dtype=torch.float64)
+    liquid = ops.gaussian_filter(liquid.mul_(std).add_(mean), liquid_sigma, mode="nearest")
+    compiled = images.device.type == "cpu" and images.dtype == torch.float32
+    if mode == 0 and compiled:
+        # The kernel zeroes the liquid below the threshold as it reads it.
+        return kernels.water(
+            images, liquid, strength, _WATER_COLOUR, _DISTANCE_CAP, threshold=threshold, **finishing
+        )
     liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
     if mode == 0:
-        if images.device.type == "cpu" and images.dtype == torch.float32:
-            return kernels.water(
-                images, liquid, strength, _WATER_COLOUR, _DISTANCE_CAP, **finishing
-            )
         return ops.deliver(_water(images, liquid, strength), **finishing)
-    if images.device.type == "cpu" and images.dtype == torch.float32:
+    if compiled:
         mask = ops.gaussian_filter((liquid > threshold).float(), strength, mode="nearest")
         return kernels.mud_blend(images, mask, _MUD_COLOUR, **finishing)
     return ops.deliver(_mud(images, liquid, threshold, strength), **finishing)
