@@ -138,6 +138,15 @@ def test_compiled_draws_equal_torchs_samplers(count, already_drawn):
         mersenne.uniform_float64,
         torch.float64,
     )
+    for span, low in [(2.0, -1.0), (8.96, -4.48), (0.3, 0.1), (1e3, -7.7)]:
+        # Scaled inside the draw: the bits of the two tensor operations.
+        exact(
+            lambda n, g, low=low, span=span: torch.rand(n, generator=g) * span + low,
+            mersenne.uniform_float32_scaled,
+            torch.float32,
+            span,
+            low,
+        )
     for low, span in [
         (0, 1),
         (-3, 6),

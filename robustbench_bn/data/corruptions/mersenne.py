@@ -142,6 +142,21 @@ def uniform_float32(state, out):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
+def uniform_float32_scaled(state, out, span, low):  # pragma: no cover - compiled
+    """``torch.rand(out.shape, generator=g) * span + low`` for float32 ``out`` (1-D view): the
+    multiply and the add each rounded to float32, as torch's two tensor operations do."""
+    words, position = open_state(state)
+    buffer = np.empty(CHUNK, np.uint32)
+    scale, offset = np.float32(span), np.float32(low)
+    for start in range(0, out.size, CHUNK):
+        target = out[start : start + CHUNK]
+        float32_uniforms(words, position, buffer, target)
+        for index in range(target.size):
+            target[index] = target[index] * scale + offset
+    close_state(state, words, position)
+
+
+@numba.njit(nogil=True, cache=True)
 def float32_uniforms(words, position, buffer, target):  # pragma: no cover - compiled
     chunk = buffer[: target.size]
     _next_words(words, position, chunk)
