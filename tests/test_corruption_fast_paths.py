@@ -811,3 +811,25 @@ def test_compiled_disk_blur_equals_correlating_with_the_disk_kernel(family):
         compiled = kernels.disk_blur(images, heights, taps)
         expected = ops.correlate2d(images, kernel, "mirror")
         assert torch.allclose(compiled, expected, rtol=0, atol=2e-6), (radius, alias_blur)
+
+
+def test_compiled_spatter_equals_the_tensor_steps_at_every_severity():
+    # The CPU path zeroes the liquid inside the water kernel and skips the zeroing for mud
+    # (a non-negative threshold): the same images as the plain steps.
+    from robustbench_bn.data.corruptions import spatter
+    from robustbench_bn.data.corruptions.parameters import TABLES
+
+    images = ops.quantize(ops.gaussian_filter(torch.rand(2, 3, 64, 60), 1.0))
+    seeds = torch.tensor([4, 9])
+    for parameter in TABLES["imagenet"]["spatter"]:
+        mean, std, liquid_sigma, threshold, strength, mode = parameter
+        generators = sampling.generators_for(seeds)
+        liquid = sampling.normal(generators, (1, 64, 60), dtype=torch.float64) * std + mean
+        liquid = ops.gaussian_filter(liquid, liquid_sigma, mode="nearest")
+        liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
+        if mode == 0:
+            expected = spatter._water(images, liquid, strength)
+        else:
+            expected = spatter._mud(images, liquid, threshold, strength)
+        compiled = spatter.spatter(images, parameter, sampling.generators_for(seeds), "imagenet")
+        assert torch.equal(compiled, expected), parameter

@@ -34,6 +34,11 @@ def spatter(images: torch.Tensor, parameter, generators: Generators, family: str
         return kernels.water(
             images, liquid, strength, _WATER_COLOUR, _DISTANCE_CAP, threshold=threshold, **finishing
         )
+    if mode == 1 and compiled and threshold >= 0:
+        # Zeroing the liquid below a non-negative threshold puts none above it: the drops
+        # are where the liquid itself is above the threshold.
+        mask = ops.gaussian_filter((liquid > threshold).float(), strength, mode="nearest")
+        return kernels.mud_blend(images, mask, _MUD_COLOUR, **finishing)
     liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
     if mode == 0:
         return ops.deliver(_water(images, liquid, strength), **finishing)
