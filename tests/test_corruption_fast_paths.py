@@ -516,13 +516,55 @@ def test_compiled_snow_blend_equals_the_tensor_steps(family):
     from robustbench_bn.data.corruptions.parameters import TABLES
 
     images = ops.quantize(torch.rand(3, 3, 40, 44))
-    layer = ops.quantize(torch.rand(3, 1, 40, 44)) * (torch.rand(3, 1, 40, 44) > 0.7)
+    # A blurred layer before its 8-bit rounding (which the compiled blend does), some of it
+    # outside [0, 1] and some exactly half a level off the grid.
+    blurred = (torch.rand(3, 1, 40, 44) * 1.4 - 0.2) * (torch.rand(3, 1, 40, 44) > 0.5)
+    blurred[0, 0, 0, :8] = (torch.arange(8) + 0.5) / 255
+    layer = torch.round(blurred.clamp(0, 1) * 255) / 255
     for parameter in TABLES[family]["snow"]:
         image_weight = parameter[-1]
         assert torch.equal(
-            kernels.snow_blend(images, layer, image_weight),
+            kernels.snow_blend(images, blurred, image_weight),
             weather.snow_blend_by_tensor_operations(images, layer, image_weight),
         )
+
+
+def test_compiled_zeroed_levels_equal_where_then_quantize():
+    values = torch.rand(2, 1, 30, 40) * 1.4 - 0.2
+    for threshold in (0.5, 0.45, 0.7, 0.85):
+        # float32 neighbours of the threshold: torch compares with it rounded to float32.
+        near = torch.tensor(threshold, dtype=torch.float32)
+        values[0, 0, 0, :3] = torch.stack(
+            [
+                near,
+                torch.nextafter(near, torch.tensor(0.0)),
+                torch.nextafter(near, torch.tensor(1.0)),
+            ]
+        )
+        view = values[..., 3:27, 5:35]  # strided, as the clipped zoom's trim
+        expected = ops.quantize(torch.where(view < threshold, torch.zeros_like(view), view))
+        assert torch.equal(kernels.zeroed_levels(view, threshold), expected), threshold
+    assert float((expected == 0).float().mean()) > 0.2
+
+
+def test_compiled_snow_equals_the_tensor_steps():
+    from robustbench_bn.data.corruptions import weather
+    from robustbench_bn.data.corruptions.parameters import TABLES
+
+    images = ops.quantize(ops.gaussian_filter(torch.rand(2, 3, 64, 64), 1.0))
+    seeds = torch.tensor([3, 8])
+    for parameter in TABLES["imagenet"]["snow"]:
+        mean, std, zoom, threshold, blur_radius, blur_sigma, image_weight = parameter
+        generators = sampling.generators_for(seeds)
+        layer = sampling.normal(generators, (1, 64, 64)) * std + mean
+        angles = sampling.uniform(generators, (), -135, -45, dtype=torch.float64)
+        layer = ops.clipped_zoom(layer, zoom)
+        layer = ops.quantize(torch.where(layer < threshold, torch.zeros_like(layer), layer))
+        layer = ops.motion_blur(layer, int(blur_radius), float(blur_sigma), angles)
+        layer = torch.round(layer.clamp(0, 1) * 255) / 255
+        expected = weather.snow_blend_by_tensor_operations(images, layer, image_weight)
+        compiled = weather.snow(images, parameter, sampling.generators_for(seeds), "imagenet")
+        assert torch.equal(compiled, expected), parameter
 
 
 @pytest.mark.parametrize("family,size", [("cifar", (32, 32)), ("imagenet", (64, 70))])

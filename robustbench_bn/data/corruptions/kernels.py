@@ -1557,14 +1557,42 @@ def pixelate(
 
 
 @numba.njit(nogil=True, cache=True)
+def _zeroed_levels_share(planes, threshold, out, first, step):  # pragma: no cover - compiled
+    # torch.where(x < threshold, 0, x) (the threshold rounded to float32, as torch compares a
+    # float32 tensor with a Python float), then :func:`.ops.quantize`: one pass, row by row.
+    cut = np.float32(threshold)
+    zero, scale = np.float32(0.0), np.float32(255.0)
+    for index in range(first, planes.shape[0], step):
+        for channel in range(planes.shape[1]):
+            for row in range(planes.shape[2]):
+                source, target = planes[index, channel, row], out[index, channel, row]
+                for col in range(source.shape[0]):
+                    value = source[col]
+                    value = zero if value < cut else value
+                    target[col] = _clamped_level(value) / scale
+
+
+def zeroed_levels(planes: torch.Tensor, threshold: float) -> torch.Tensor:
+    """CPU float32 [B, C, H, W] (any strides) with the values below ``threshold`` zeroed, then
+    truncated onto the uint8 grid (:func:`.ops.quantize`): a new contiguous tensor."""
+    out = torch.empty(planes.shape, dtype=torch.float32)
+    _in_shares(_zeroed_levels_share, len(planes), planes.numpy(), float(threshold), out.numpy())
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
 def _snow_blend_share(images, layer, keep, whiten, finish, out, first, step):
     # pragma: no cover - compiled
-    # :func:`.weather.snow`'s last steps in float32, operation for operation: the whitened
-    # image max(x, luma * 1.5 + 0.5), the blend keep * x + whiten * whitened, then the layer
-    # and its 180-degree turn added.
+    # :func:`.weather.snow`'s last steps in float32, operation for operation: the layer read
+    # back as 8 bits (round(clamp(x, 0, 1) * 255) / 255), the whitened image
+    # max(x, luma * 1.5 + 0.5), the blend keep * x + whiten * whitened, then the layer and
+    # its 180-degree turn added.
     height, width = images.shape[2], images.shape[3]
     bright = np.empty(width, np.float32)
+    straight = np.empty(width, np.float32)
+    turned = np.empty(width, np.float32)
     scratch = np.empty(out.shape[1:], np.float32)
+    low, high, scale = np.float32(0.0), np.float32(1.0), np.float32(255.0)
     for index in range(first, images.shape[0], step):
         result = _image_target(scratch, out, index, finish)
         flakes = layer[index, 0]
@@ -1575,8 +1603,14 @@ def _snow_blend_share(images, layer, keep, whiten, finish, out, first, step):
                     col
                 ] * np.float32(0.114)
                 bright[col] = luma * np.float32(1.5) + np.float32(0.5)
-            straight = flakes[row]
-            turned = flakes[height - 1 - row][::-1]
+            here, opposite = flakes[row], flakes[height - 1 - row]
+            for col in range(width):
+                value = here[col]
+                value = low if value < low else (high if value > high else value)
+                straight[col] = np.rint(value * scale) / scale
+                value = opposite[width - 1 - col]
+                value = low if value < low else (high if value > high else value)
+                turned[col] = np.rint(value * scale) / scale
             for channel in range(3):
                 source = images[index, channel, row]
                 target = result[channel, row]
@@ -1595,7 +1629,8 @@ def snow_blend(
     finish: int = RAW,
 ) -> torch.Tensor:
     """The compiled twin of :func:`.weather.snow`'s final blend of CPU float32 images
-    [B, 3, H, W] with their snow layers [B, 1, H, W]."""
+    [B, 3, H, W] with their motion-blurred snow layers [B, 1, H, W] (before their 8-bit
+    rounding, which the blend does as it reads them)."""
     return _images_from(
         _snow_blend_share,
         images,

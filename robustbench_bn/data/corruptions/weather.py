@@ -24,17 +24,22 @@ FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.j
 def snow(images: torch.Tensor, parameter, generators: Generators, family: str, **finishing):
     mean, std, zoom, threshold, blur_radius, blur_sigma, image_weight = parameter
     batch, _, height, width = images.shape
-    layer = sampling.normal(generators, (1, height, width)) * std + mean
+    layer = sampling.normal(generators, (1, height, width)).mul_(std).add_(mean)
     angles = sampling.uniform(generators, (), -135, -45, dtype=torch.float64)
     layer = ops.clipped_zoom(layer, zoom)
-    layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
     # The reference hands the layer to ImageMagick as an 8-bit image (truncated) and reads
     # the blurred result back as 8 bits (rounded).
-    layer = ops.quantize(layer)
+    compiled = images.device.type == "cpu" and images.dtype == torch.float32
+    if compiled:
+        layer = kernels.zeroed_levels(layer, threshold)  # the two steps below in one pass
+    else:
+        layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
+        layer = ops.quantize(layer)
     layer = ops.motion_blur(layer, int(blur_radius), float(blur_sigma), angles)
-    layer = torch.round(layer.clamp(0, 1) * 255) / 255
-    if images.device.type == "cpu" and images.dtype == torch.float32:
+    if compiled:
+        # The blend rounds the layer to 8 bits as it reads it.
         return kernels.snow_blend(images, layer, float(image_weight), **finishing)
+    layer = torch.round(layer.clamp(0, 1) * 255) / 255
     return ops.deliver(snow_blend_by_tensor_operations(images, layer, image_weight), **finishing)
 
 
