@@ -933,10 +933,34 @@ def disk_blur(
     )
 
 
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _peak(plane):  # pragma: no cover - compiled
+    # The largest value of a plane of finite values, in its dtype: a maximum does not depend
+    # on order, so the fast-math flags (which let it vectorize) cannot change it.
+    peak = plane[0, 0]
+    for row in range(plane.shape[0]):
+        line = plane[row]
+        for col in range(line.shape[0]):
+            peak = max(peak, line[col])
+    return peak
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _lowest(plane):  # pragma: no cover - compiled
+    # The smallest value of a plane of finite values (:func:`_peak`'s reasoning).
+    lowest = plane[0, 0]
+    for row in range(plane.shape[0]):
+        line = plane[row]
+        for col in range(line.shape[0]):
+            lowest = min(lowest, line[col])
+    return lowest
+
+
 @numba.njit(nogil=True, cache=True)
 def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
     # :func:`.weather.plasma_fractal` cell by cell: the same sums in the same order, the
-    # draws taken in the same order (row-major within each of a step's three grids).
+    # draws taken in the same order (row-major within each of a step's three grids). The
+    # toroidal neighbours by comparison, not by an integer remainder per cell.
     size = grid.shape[0]
     grid[:, :] = 0.0
     used = 0
@@ -946,9 +970,9 @@ def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
         half = step // 2
         cells = size // step
         for row in range(cells):
-            below = ((row + 1) % cells) * step
+            below = (row + 1) * step if row + 1 < cells else 0
             for col in range(cells):
-                right = ((col + 1) % cells) * step
+                right = (col + 1) * step if col + 1 < cells else 0
                 total = (grid[row * step, col * step] + grid[below, col * step]) + (
                     grid[row * step, right] + grid[below, right]
                 )
@@ -957,9 +981,9 @@ def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
                 )
                 used += 1
         for row in range(cells):
-            above = ((row - 1) % cells) * step + half
+            above = (row - 1 if row > 0 else cells - 1) * step + half
             for col in range(cells):
-                right = ((col + 1) % cells) * step
+                right = (col + 1) * step if col + 1 < cells else 0
                 total = (
                     (grid[row * step + half, col * step + half] + grid[above, col * step + half])
                     + grid[row * step, col * step]
@@ -969,9 +993,9 @@ def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
                 )
                 used += 1
         for row in range(cells):
-            below = ((row + 1) % cells) * step
+            below = (row + 1) * step if row + 1 < cells else 0
             for col in range(cells):
-                left = ((col - 1) % cells) * step + half
+                left = (col - 1 if col > 0 else cells - 1) * step + half
                 total = (
                     (grid[row * step + half, col * step + half] + grid[row * step + half, left])
                     + grid[row * step, col * step]
@@ -982,9 +1006,9 @@ def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
                 used += 1
         step //= 2
         wibble /= wibble_decay
-    lowest = grid.min()
+    lowest = _lowest(grid)
     grid -= lowest
-    grid /= grid.max()
+    grid /= _peak(grid)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -995,20 +1019,24 @@ def _plasma_share(draws, wibble_decay, grids, first, step):
 
 @numba.njit(nogil=True, cache=True)
 def _fog_share(images, plasma, amount, finish, out, first, step):  # pragma: no cover - compiled
-    # :func:`.weather.fog`'s blend in float32, in the tensor version's order.
+    # :func:`.weather.fog`'s blend in float32, in the tensor version's order, row by row over
+    # contiguous slices (the plasma row converted once for the three channels).
     channels, height, width = images.shape[1:]
     scratch = np.empty(out.shape[1:], np.float32)
+    fog = np.empty(width, np.float32)
     for index in range(first, images.shape[0], step):
         target = _image_target(scratch, out, index, finish)
-        peak = images[index].max()
+        image = images[index]
+        peak = _peak(image.reshape(channels * height, width))
         divisor = peak + amount
-        for channel in range(channels):
-            for row in range(height):
+        for row in range(height):
+            source = plasma[index, row]
+            for col in range(width):
+                fog[col] = amount * np.float32(source[col])
+            for channel in range(channels):
+                pixels, line = image[channel, row], target[channel, row]
                 for col in range(width):
-                    fogged = images[index, channel, row, col] + amount * np.float32(
-                        plasma[index, row, col]
-                    )
-                    target[channel, row, col] = fogged * peak / divisor
+                    line[col] = (pixels[col] + fog[col]) * peak / divisor
         _deliver(scratch, out, index, finish)
 
 
@@ -1676,18 +1704,6 @@ def _equalize_histogram(values, out):  # pragma: no cover - compiled
     target = out.ravel()
     for position in range(flat.shape[0]):
         target[position] = table[np.int64(flat[position])]
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _peak(plane):  # pragma: no cover - compiled
-    # The largest value of a plane of finite non-negative values: a maximum does not depend
-    # on order, so the fast-math flags (which let it vectorize) cannot change it.
-    peak = 0.0
-    for row in range(plane.shape[0]):
-        line = plane[row]
-        for col in range(line.shape[0]):
-            peak = max(peak, line[col])
-    return peak
 
 
 @numba.njit(nogil=True, cache=True)
