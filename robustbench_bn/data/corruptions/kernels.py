@@ -29,22 +29,63 @@ from robustbench_bn.data.corruptions.sampling import run_in_shares
 
 
 @numba.njit(nogil=True, cache=True)
-def _shot_noise(pixels, uniforms, table, guide, photons, noisy):  # pragma: no cover - compiled
+def _shot_noise_block(pixels, uniforms, table, guide, photons, noisy, rows, keys, slices, counts):
+    # pragma: no cover - compiled
     # float32 arithmetic where the torch path computes in float32, so both give the same bits.
+    # Three passes over a block that stays in the cache: the levels, keys and guide slices
+    # (which vectorize), the table walk (which cannot), the counts to values (vectorized);
+    # 0.9 -> 0.6 ms per 224 px image here against one loop doing all three.
     width = table.shape[1]
     bins = guide.shape[1] - 1
     scale = np.float32(255.0)
     tolerance = np.float32(1e-6)
-    for index in range(pixels.shape[0]):
-        level = np.rint(pixels[index] * scale)
-        if abs(level / scale - pixels[index]) > tolerance:
-            return False
-        row = int(level)
+    count = pixels.shape[0]
+    off_grid = False
+    for index in range(count):
+        value = pixels[index]
+        level = np.rint(value * scale)
+        off_grid |= abs(level / scale - value) > tolerance
         key = np.float64(level) + uniforms[index]
-        count = guide[row, int((key - row) * bins)]
-        while count < width and table[row, count] <= key:
-            count += 1
-        noisy[index] = np.float32(min(count, width - 1)) / photons
+        rows[index] = np.int64(level)
+        keys[index] = key
+        slices[index] = np.int64((key - rows[index]) * bins)
+    if off_grid:
+        return False
+    last = width - 1
+    for index in range(count):
+        row, key = rows[index], keys[index]
+        found = guide[row, slices[index]]
+        while found < width and table[row, found] <= key:
+            found += 1
+        counts[index] = min(found, last)
+    for index in range(count):
+        noisy[index] = np.float32(counts[index]) / photons
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _shot_noise(pixels, uniforms, table, guide, photons, noisy):  # pragma: no cover - compiled
+    # :func:`_shot_noise_block` block by block: False as soon as a pixel is off the grid.
+    size = min(pixels.shape[0], mersenne.CHUNK)
+    rows = np.empty(size, np.int64)
+    keys = np.empty(size, np.float64)
+    slices = np.empty(size, np.int64)
+    counts = np.empty(size, np.int32)
+    for start in range(0, pixels.shape[0], size):
+        stop = min(start + size, pixels.shape[0])
+        if not _shot_noise_block(
+            pixels[start:stop],
+            uniforms[start:stop],
+            table,
+            guide,
+            photons,
+            noisy[start:stop],
+            rows,
+            keys,
+            slices,
+            counts,
+        ):
+            return False
     return True
 
 
@@ -503,6 +544,10 @@ def _shot_noise_drawing_share(
     buffer = np.empty(2 * mersenne.CHUNK, np.uint32)
     uniforms = np.empty(mersenne.CHUNK, np.float64)
     scratch = np.empty(count, np.float32)
+    rows = np.empty(mersenne.CHUNK, np.int64)
+    keys = np.empty(mersenne.CHUNK, np.float64)
+    slices = np.empty(mersenne.CHUNK, np.int64)
+    counts = np.empty(mersenne.CHUNK, np.int32)
     for index in range(first, pixels.shape[0], step):
         target = _image_target(scratch, noisy, index, finish)
         words, position = mersenne.open_state(states[index])
@@ -512,13 +557,17 @@ def _shot_noise_drawing_share(
             chunk = uniforms[: stop - start]
             mersenne.float64_uniforms(words, position, buffer, chunk)
             if grid:
-                grid = _shot_noise(
+                grid = _shot_noise_block(
                     pixels[index, start:stop],
                     chunk,
                     table,
                     guide,
                     photons,
                     target[start:stop],
+                    rows,
+                    keys,
+                    slices,
+                    counts,
                 )
         mersenne.close_state(states[index], words, position)
         on_grid[index] = grid
