@@ -2,8 +2,8 @@
 pixel (shot noise's inverse-CDF lookup), a sequential sweep whose every step reads the previous
 ones (glass blur's local pixel moves), the per-pixel neighbourhood logic of spatter's Canny
 edges and capped distance transform, and chains of whole-tensor passes that one loop does with
-the data in cache (separable filters, motion and zoom blur, bilinear resampling, fog's plasma
-fractal, the final clamp-and-quantize).
+the data in cache (separable filters, defocus blur's disk sums, motion and zoom blur, bilinear
+resampling, fog's plasma fractal, the final clamp-and-quantize).
 
 Each kernel handles one image and releases the GIL; a compiled loop per thread's share of the
 batch runs it on the draw pool's threads. The torch implementations beside them (used on other
