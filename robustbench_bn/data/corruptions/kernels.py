@@ -983,26 +983,18 @@ def disk_blur(
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _peak(plane):  # pragma: no cover - compiled
-    # The largest value of a plane of finite values, in its dtype: a maximum does not depend
-    # on order, so the fast-math flags (which let it vectorize) cannot change it.
+def _extremes(plane):  # pragma: no cover - compiled
+    # The smallest and largest values of a plane of finite values, in its dtype: neither
+    # depends on order, so the fast-math flags (which let the loop vectorize) cannot change
+    # them.
+    lowest = plane[0, 0]
     peak = plane[0, 0]
     for row in range(plane.shape[0]):
         line = plane[row]
         for col in range(line.shape[0]):
-            peak = max(peak, line[col])
-    return peak
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _lowest(plane):  # pragma: no cover - compiled
-    # The smallest value of a plane of finite values (:func:`_peak`'s reasoning).
-    lowest = plane[0, 0]
-    for row in range(plane.shape[0]):
-        line = plane[row]
-        for col in range(line.shape[0]):
             lowest = min(lowest, line[col])
-    return lowest
+            peak = max(peak, line[col])
+    return lowest, peak
 
 
 @numba.njit(nogil=True, cache=True)
@@ -1055,9 +1047,11 @@ def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
                 used += 1
         step //= 2
         wibble /= wibble_decay
-    lowest = _lowest(grid)
+    # Subtraction rounds monotonically, so the largest value minus the smallest is the
+    # largest of the shifted grid: the tensor version's max after its subtraction.
+    lowest, peak = _extremes(grid)
     grid -= lowest
-    grid /= _peak(grid)
+    grid /= peak - lowest
 
 
 @numba.njit(nogil=True, cache=True)
@@ -1076,7 +1070,7 @@ def _fog_share(images, plasma, amount, finish, out, first, step):  # pragma: no 
     for index in range(first, images.shape[0], step):
         target = _image_target(scratch, out, index, finish)
         image = images[index]
-        peak = _peak(image.reshape(channels * height, width))
+        peak = _extremes(image.reshape(channels * height, width))[1]
         divisor = peak + amount
         for row in range(height):
             source = plasma[index, row]
@@ -1865,7 +1859,7 @@ def _water_share(
             level_row, distance_row, glare_row = levels[row], distance[row], glare[row]
             for col in range(width):
                 glare_row[col] = level_row[col] * np.rint(distance_row[col])
-        peak = _peak(glare)
+        peak = _extremes(glare)[1]
         for row in range(height):
             glare_row = glare[row]
             if peak > 0:
