@@ -367,23 +367,28 @@ def finish_crop(image, top, left, out, finish):  # pragma: no cover - compiled
             _finish_row(image[channel, top + row], left, out[channel, row], finish)
 
 
+@numba.njit(inline="always")
+def _padded_row(source, target, left, cols):  # pragma: no cover - compiled
+    # target[c] = source[cols[c]] for a row padded by ``left`` columns before it: inside the
+    # row a padded column is its own source, so the interior is a contiguous (vectorized)
+    # copy and only the border columns are gathered.
+    width = source.shape[0]
+    for col in range(left):
+        target[col] = source[cols[col]]
+    inner = target[left : left + width]
+    for col in range(width):
+        inner[col] = source[col]
+    for col in range(left + width, target.shape[0]):
+        target[col] = source[cols[col]]
+
+
 @numba.njit(nogil=True, cache=True)
 def _pad_share(images, rows, cols, left, out, first, step):  # pragma: no cover - compiled
-    # out[..., r, c] = images[..., rows[r], cols[c]]; inside the image a padded column is
-    # its own source, so each row's interior is a contiguous (vectorized) copy.
-    width = images.shape[3]
+    # out[..., r, c] = images[..., rows[r], cols[c]], row by row (:func:`_padded_row`).
     for index in range(first, images.shape[0], step):
         for channel in range(images.shape[1]):
             for row in range(out.shape[2]):
-                source = images[index, channel, rows[row]]
-                target = out[index, channel, row]
-                for col in range(left):
-                    target[col] = source[cols[col]]
-                inner = target[left : left + width]
-                for col in range(width):
-                    inner[col] = source[col]
-                for col in range(left + width, out.shape[3]):
-                    target[col] = source[cols[col]]
+                _padded_row(images[index, channel, rows[row]], out[index, channel, row], left, cols)
 
 
 def pad(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, left: int) -> torch.Tensor:
@@ -785,15 +790,7 @@ def _separable_filter(plane, taps, row_sources, col_sources, across, padded, out
     count = taps.shape[0]
     radius = count // 2
     for row in range(height):
-        source = plane[row]
-        # Inside the image a padded position is its own source: a contiguous copy (which
-        # vectorizes), the border positions gathered.
-        inner = padded[radius : radius + width]
-        for position in range(width):
-            inner[position] = source[position]
-        for position in range(radius):
-            padded[position] = source[col_sources[position]]
-            padded[radius + width + position] = source[col_sources[radius + width + position]]
+        _padded_row(plane[row], padded, radius, col_sources)
         line = across[row]
         weight = taps[0]
         for col in range(width):
@@ -912,14 +909,7 @@ def _disk_blur_share(images, row_sources, col_sources, heights, taps, finish, ou
         for channel in range(channels):
             plane = images[index, channel]
             for row in range(padded.shape[0]):
-                source = plane[row_sources[row]]
-                target = padded[row]
-                inner = target[pad : pad + width]
-                for col in range(width):
-                    inner[col] = source[col]
-                for col in range(pad):
-                    target[col] = source[col_sources[col]]
-                    target[pad + width + col] = source[col_sources[pad + width + col]]
+                _padded_row(plane[row_sources[row]], padded[row], pad, col_sources)
             for row in range(padded.shape[0]):
                 blurred = across[row]
                 source = padded[row]
