@@ -29,22 +29,21 @@ def spatter(images: torch.Tensor, parameter, generators: Generators, family: str
     liquid = sampling.normal(generators, (1, height, width), dtype=torch.float64)
     liquid = ops.gaussian_filter(liquid.mul_(std).add_(mean), liquid_sigma, mode="nearest")
     compiled = images.device.type == "cpu" and images.dtype == torch.float32
-    if mode == 0 and compiled:
+    if compiled and mode == 0:
         # The kernel zeroes the liquid below the threshold as it reads it.
         return kernels.water(
             images, liquid, strength, _WATER_COLOUR, _DISTANCE_CAP, threshold=threshold, **finishing
         )
-    if mode == 1 and compiled and threshold >= 0:
-        # Zeroing the liquid below a non-negative threshold puts none above it: the drops
-        # are where the liquid itself is above the threshold.
+    if compiled:
+        # Zeroing the liquid below a non-negative threshold puts none above it: the drops are
+        # then where the liquid itself is above the threshold, with no zeroing pass.
+        if threshold < 0:
+            liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
         mask = ops.gaussian_filter((liquid > threshold).float(), strength, mode="nearest")
         return kernels.mud_blend(images, mask, _MUD_COLOUR, **finishing)
     liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
     if mode == 0:
         return ops.deliver(_water(images, liquid, strength), **finishing)
-    if compiled:
-        mask = ops.gaussian_filter((liquid > threshold).float(), strength, mode="nearest")
-        return kernels.mud_blend(images, mask, _MUD_COLOUR, **finishing)
     return ops.deliver(_mud(images, liquid, threshold, strength), **finishing)
 
 
