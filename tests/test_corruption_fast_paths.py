@@ -250,6 +250,12 @@ def test_compiled_canny_and_distance_equal_the_tensor_versions():
     edges = spatter.canny(planes, 50, 150)
     assert torch.equal(edges, spatter.canny_by_tensor_operations(planes, 50, 150))
     assert 0 < edges.float().mean() < 0.5
+    # Integers past uint8's range (int32 would overflow the kernel's sector test) take the
+    # tensor path: the same edges as it gives.
+    huge = planes * 2**20
+    assert torch.equal(
+        spatter.canny(huge, 50, 150), spatter.canny_by_tensor_operations(huge, 50, 150)
+    )
     distance = spatter.distance_to_edges(edges)
     # Squared distances are the same integers; torch's AVX-512 float64 square root (seen on
     # an Intel Xeon here) is one unit in the last place below the correctly rounded one that

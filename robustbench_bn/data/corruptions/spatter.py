@@ -84,7 +84,10 @@ def canny(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
     OpenCV's fixed-point 22.5/67.5 degree sectors and tie rules, then hysteresis: weak pixels
     (> low) joined 8-connected to strong ones (> high).
     """
-    if planes.device.type == "cpu":
+    # The compiled kernel computes in int32, exact for uint8 levels (0..255).
+    if planes.device.type == "cpu" and (
+        not planes.numel() or 0 <= planes.min() <= planes.max() <= 255
+    ):
         return kernels.canny(planes, int(low), int(high))
     return canny_by_tensor_operations(planes, low, high)
 
