@@ -990,8 +990,7 @@ def _extremes(plane):  # pragma: no cover - compiled
 @numba.njit(nogil=True, cache=True)
 def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
     # :func:`.weather.plasma_fractal` cell by cell: the same sums in the same order, the
-    # draws taken in the same order (row-major within each of a step's three grids). The
-    # toroidal neighbours by comparison, not by an integer remainder per cell.
+    # draws taken in the same order (row-major within each of a step's three grids).
     size = grid.shape[0]
     grid[:, :] = 0.0
     used = 0
@@ -1001,9 +1000,9 @@ def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
         half = step // 2
         cells = size // step
         for row in range(cells):
-            below = (row + 1) * step if row + 1 < cells else 0
+            below = ((row + 1) % cells) * step
             for col in range(cells):
-                right = (col + 1) * step if col + 1 < cells else 0
+                right = ((col + 1) % cells) * step
                 total = (grid[row * step, col * step] + grid[below, col * step]) + (
                     grid[row * step, right] + grid[below, right]
                 )
@@ -1012,9 +1011,9 @@ def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
                 )
                 used += 1
         for row in range(cells):
-            above = (row - 1 if row > 0 else cells - 1) * step + half
+            above = ((row - 1) % cells) * step + half
             for col in range(cells):
-                right = (col + 1) * step if col + 1 < cells else 0
+                right = ((col + 1) % cells) * step
                 total = (
                     (grid[row * step + half, col * step + half] + grid[above, col * step + half])
                     + grid[row * step, col * step]
@@ -1024,9 +1023,9 @@ def _plasma_fractal(draws, wibble_decay, grid):  # pragma: no cover - compiled
                 )
                 used += 1
         for row in range(cells):
-            below = (row + 1) * step if row + 1 < cells else 0
+            below = ((row + 1) % cells) * step
             for col in range(cells):
-                left = (col - 1 if col > 0 else cells - 1) * step + half
+                left = ((col - 1) % cells) * step + half
                 total = (
                     (grid[row * step + half, col * step + half] + grid[row * step + half, left])
                     + grid[row * step, col * step]
@@ -1384,6 +1383,9 @@ def _motion_blur_share(images, shifts, weights, finish, out, first, step):
         for tap in range(shifts.shape[1]):
             reach = max(reach, abs(shifts[index, tap, 1]))
     padded = np.empty((height, width + 2 * reach), np.float32)
+    edge_cols = np.empty(width + 2 * reach, np.int64)  # padded column -> clamped image column
+    for col in range(edge_cols.shape[0]):
+        edge_cols[col] = min(max(col - reach, 0), width - 1)
     scratch = np.empty(out.shape[1:], np.float32)
     line = np.empty(width, np.float32)
     tap_rows = np.empty(shifts.shape[1], np.int64)
@@ -1402,13 +1404,7 @@ def _motion_blur_share(images, shifts, weights, finish, out, first, step):
         for channel in range(channels):
             plane = images[index, channel]
             for row in range(height):
-                source, target = plane[row], padded[row]
-                inner = target[reach : reach + width]
-                for col in range(width):
-                    inner[col] = source[col]
-                for col in range(reach):
-                    target[col] = source[0]
-                    target[reach + width + col] = source[width - 1]
+                _padded_row(plane[row], padded[row], reach, edge_cols)
             for row in range(height):
                 line[:] = 0.0
                 tap = 0
@@ -1818,12 +1814,7 @@ def _water_share(
         _equalize_histogram(blurred, distance)
         # The equalized plane mirrored by one pixel, for the emboss below.
         for row in range(height + 2):
-            source, target = distance[row_sources[row]], mirrored[row]
-            inner = target[1 : width + 1]
-            for col in range(width):
-                inner[col] = source[col]
-            target[0] = source[col_sources[0]]
-            target[width + 1] = source[col_sources[width + 1]]
+            _padded_row(distance[row_sources[row]], mirrored[row], 1, col_sources)
         # cv2.filter2D with the emboss kernel [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], borders
         # mirrored, rounded and saturated to uint8.
         for row in range(height):
