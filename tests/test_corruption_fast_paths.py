@@ -14,12 +14,17 @@ import torch
 from robustbench_bn.data.corruptions import (
     allocation,
     blur,
+    blur_kernels,
     corrupt,
+    digital_kernels,
     image_seeds,
-    kernels,
     noise,
+    noise_kernels,
     ops,
+    ops_kernels,
     sampling,
+    spatter_kernels,
+    weather_kernels,
 )
 
 
@@ -55,7 +60,7 @@ def test_compiled_glass_sweeps_equal_pointer_doubling(delta, iterations):
     rows, cols = 40 - 2 * delta, 36 - 2 * delta
     generators = sampling.generators_for(torch.tensor([5, 6, 7]))
     shifts = sampling.integers(generators, -delta, delta, (iterations, rows, cols, 2))
-    compiled = kernels.glass_sweeps(pixels, shifts, delta)
+    compiled = blur_kernels.glass_sweeps(pixels, shifts, delta)
     doubled = blur._glass_sweeps_by_pointer_doubling(pixels, shifts, delta)
     assert torch.equal(compiled, doubled)
     assert not torch.equal(compiled, pixels)  # the sweep moved pixels
@@ -71,7 +76,7 @@ def test_compiled_shot_noise_equals_the_table_search(photons):
     uniforms[0, 0, 0, :2] = torch.tensor([0.0, 1 - 2**-53], dtype=torch.float64)
     table = noise._poisson_level_table(photons)
     guide = noise._poisson_guide(photons)
-    compiled, on_grid = kernels.shot_noise(images, uniforms, table, guide, photons)
+    compiled, on_grid = noise_kernels.shot_noise(images, uniforms, table, guide, photons)
     levels = torch.round(images * 255)
     positions = torch.searchsorted(
         table.view(-1), (levels.double() + uniforms).reshape(-1), right=True
@@ -277,13 +282,13 @@ def test_compiled_finish_equals_clamp_and_quantize():
     corrupted[0, 0, 0, :3] = torch.tensor([7 / 255, 1.0, 0.0])  # exact levels stay put
     for quantize in (True, False):
         out = torch.empty_like(corrupted)
-        kernels.finish(corrupted, out, quantize)
+        ops_kernels.finish(corrupted, out, quantize)
         expected = corrupted.clamp(0, 1)
         expected = ops.quantize_(expected) if quantize else expected
         assert torch.equal(out, expected)
     strided = corrupted[:, :, ::2, 1:]  # a crop, as blurs return
     out = torch.empty(strided.shape)
-    kernels.finish(strided, out, True)
+    ops_kernels.finish(strided, out, True)
     assert torch.equal(out, ops.quantize_(strided.clamp(0, 1)))
 
 
@@ -304,7 +309,7 @@ def test_compiled_interleaved_levels_equal_to_uint8():
     for image in (images[0], images[1, :, ::2, 1:]):  # contiguous, and strided
         expected = ops.to_uint8(image.clone()).permute(1, 2, 0)
         interleaved = torch.empty(expected.shape, dtype=torch.uint8)
-        kernels.interleaved_levels(image.numpy(), interleaved.numpy())
+        digital_kernels.interleaved_levels(image.numpy(), interleaved.numpy())
         assert torch.equal(interleaved, expected)
 
 
@@ -312,7 +317,7 @@ def test_compiled_planes_from_levels_equal_torch_division():
     levels = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 1).permute(0, 2, 1)  # [2,256,3]
     levels = levels.contiguous()
     out = torch.empty(3, 2, 256)
-    kernels.planes_from_levels(levels.numpy(), out.numpy())
+    digital_kernels.planes_from_levels(levels.numpy(), out.numpy())
     assert torch.equal(out, torch.div(levels.permute(2, 0, 1), 255))
 
 
@@ -366,7 +371,7 @@ def test_compiled_separable_filter_equals_shifted_adds(dtype, mode):
     images = torch.rand(2, 3, 45, 38, dtype=dtype)
     for sigma in (0.7, 2.0, 30.0):  # the last reaches past the image: borders fold repeatedly
         taps = ops.gaussian_taps(sigma)
-        compiled = kernels.separable_filter(images, taps, mode)
+        compiled = ops_kernels.separable_filter(images, taps, mode)
         shifted = ops.correlate1d(ops.correlate1d(images, taps, -1, mode), taps, -2, mode)
         # The shifted-add path takes a dense matrix product for kernels long against the
         # axis, with float32 weights also for float64 images.
@@ -393,9 +398,9 @@ def test_gaussian_filter_path_by_kernel_length_and_image_size(monkeypatch, size,
     # paths agree within float32 rounding.
     images = torch.rand(1, 3, size, size)
     calls = []
-    original = kernels.separable_filter
+    original = ops_kernels.separable_filter
     monkeypatch.setattr(
-        kernels,
+        ops_kernels,
         "separable_filter",
         lambda *arguments, **finishing: calls.append(1) or original(*arguments, **finishing),
     )
@@ -412,7 +417,7 @@ def test_compiled_plasma_fractal_equals_the_grid_version(size):
 
     generators = sampling.generators_for(torch.arange(3))
     draws = sampling.uniform(generators, (size * size - 1,), dtype=torch.float64)
-    compiled = kernels.plasma_fractal(draws, size, 1.7)
+    compiled = weather_kernels.plasma_fractal(draws, size, 1.7)
     assert torch.equal(compiled, weather._plasma_by_tensor_operations(draws, size, 1.7))
     assert float(compiled.amin()) == 0.0 and float(compiled.amax()) == 1.0
 
@@ -422,7 +427,7 @@ def test_compiled_fog_blend_equals_the_tensor_steps():
     plasma = torch.rand(3, 64, 64, dtype=torch.float64)
     peak = images.amax((1, 2, 3), keepdim=True)
     expected = (images + 2.5 * plasma[:, None, :40, :36].float()) * peak / (peak + 2.5)
-    assert torch.equal(kernels.fog_blend(images, plasma, 2.5), expected)
+    assert torch.equal(weather_kernels.fog_blend(images, plasma, 2.5), expected)
 
 
 @pytest.mark.parametrize("family,size", [("imagenet", 224), ("cifar", 32), ("cifar", 45)])
@@ -432,13 +437,13 @@ def test_compiled_elastic_resampling_equals_grid_sample(family, size, monkeypatc
 
     images = ops.quantize(ops.gaussian_filter(torch.rand(3, 3, size, size), 1.0))
     captured = []
-    compiled_resample = kernels.elastic_resample
+    compiled_resample = digital_kernels.elastic_resample
 
     def spy(*arguments):
         captured.append(arguments)
         return compiled_resample(*arguments)
 
-    monkeypatch.setattr(kernels, "elastic_resample", spy)
+    monkeypatch.setattr(digital_kernels, "elastic_resample", spy)
     for severity in (1, 2, 5):
         parameter = TABLES[family]["elastic_transform"][severity - 1]
         seeds = image_seeds("elastic", "elastic_transform", severity, 0, torch.arange(3))
@@ -468,7 +473,7 @@ def test_compiled_impulse_noise_equals_the_selection():
     draws = sampling.uniform(sampling.generators_for(torch.arange(3)), (2, 3, 40, 36))
     for amount in (0.03, 0.27):
         expected = torch.where(draws[:, 0] < amount, (draws[:, 1] < 0.5).float(), images)
-        assert torch.equal(kernels.impulse_noise(images, draws, amount), expected)
+        assert torch.equal(noise_kernels.impulse_noise(images, draws, amount), expected)
 
 
 @pytest.mark.parametrize("size", [224, 45])
@@ -479,7 +484,7 @@ def test_compiled_motion_blur_equals_the_fft_convolution(size, monkeypatch):
         compiled = ops.motion_blur(images, radius, sigma, angles)
         with monkeypatch.context() as patched:
             patched.setattr(
-                kernels,
+                ops_kernels,
                 "motion_blur",
                 lambda x, shifts, weights, out, finish: ops._motion_blur_by_fft(
                     x, shifts[..., 0], shifts[..., 1], weights
@@ -501,18 +506,18 @@ def test_compiled_colour_corruptions_equal_the_tensor_versions(family):
     for severity in range(5):
         shift = TABLES[family]["brightness"][severity]
         assert torch.equal(
-            kernels.brightness(images, shift),
+            digital_kernels.brightness(images, shift),
             digital.brightness_by_tensor_operations(images, shift),
         )
         scale, offset = TABLES[family]["saturate"][severity]
         assert torch.equal(
-            kernels.saturate(images, scale, offset),
+            digital_kernels.saturate(images, scale, offset),
             digital.saturate_by_tensor_operations(images, scale, offset),
         )
         factor = TABLES[family]["contrast"][severity]
         means = images.mean((2, 3), keepdim=True)
         assert torch.equal(
-            kernels.contrast(images, means, factor), (images - means) * factor + means
+            digital_kernels.contrast(images, means, factor), (images - means) * factor + means
         )
 
 
@@ -530,7 +535,7 @@ def test_compiled_snow_blend_equals_the_tensor_steps(family):
     for parameter in TABLES[family]["snow"]:
         image_weight = parameter[-1]
         assert torch.equal(
-            kernels.snow_blend(images, blurred, image_weight),
+            weather_kernels.snow_blend(images, blurred, image_weight),
             weather.snow_blend_by_tensor_operations(images, layer, image_weight),
         )
 
@@ -549,7 +554,7 @@ def test_compiled_zeroed_levels_equal_where_then_quantize():
         )
         view = values[..., 3:27, 5:35]  # strided, as the clipped zoom's trim
         expected = ops.quantize(torch.where(view < threshold, torch.zeros_like(view), view))
-        assert torch.equal(kernels.zeroed_levels(view, threshold), expected), threshold
+        assert torch.equal(weather_kernels.zeroed_levels(view, threshold), expected), threshold
     assert float((expected == 0).float().mean()) > 0.2
 
 
@@ -589,12 +594,12 @@ def test_compiled_water_glare_equals_the_tensor_steps(family, size):
         liquid = torch.where(
             unthresholded < threshold, torch.zeros_like(unthresholded), unthresholded
         )
-        compiled = kernels.water(
+        compiled = spatter_kernels.water(
             images, liquid, strength, spatter._WATER_COLOUR, spatter._DISTANCE_CAP
         )
         assert torch.equal(compiled, spatter._water(images, liquid, strength))
         # Zeroing the liquid below the threshold inside the kernel: the same result.
-        zeroed_inside = kernels.water(
+        zeroed_inside = spatter_kernels.water(
             images,
             unthresholded,
             strength,
@@ -630,8 +635,8 @@ def test_shot_noise_drawing_in_the_loop_equals_the_batch_draw(size):
     drawing = sampling.generators_for(torch.tensor([4, 5, 6]))
     batch = sampling.generators_for(torch.tensor([4, 5, 6]))
     uniforms = sampling.uniform(batch, (3, *size), dtype=torch.float64)
-    expected, expected_on_grid = kernels.shot_noise(images, uniforms, table, guide, 25.0)
-    noisy, on_grid = kernels.shot_noise_drawing(images, drawing, table, guide, 25.0)
+    expected, expected_on_grid = noise_kernels.shot_noise(images, uniforms, table, guide, 25.0)
+    noisy, on_grid = noise_kernels.shot_noise_drawing(images, drawing, table, guide, 25.0)
     assert torch.equal(on_grid, torch.tensor([True, True, False]))
     assert torch.equal(on_grid, expected_on_grid)
     assert torch.equal(noisy[:2], expected[:2])
@@ -647,16 +652,20 @@ def test_glass_sweeps_drawing_in_the_loop_equal_the_batch_draw(delta, iterations
     shifts = sampling.integers(
         batch, -delta, delta, (iterations, 40 - 2 * delta, 36 - 2 * delta, 2)
     )
-    expected = kernels.glass_sweeps(pixels, shifts, delta)
-    assert torch.equal(kernels.glass_sweeps_drawing(pixels, drawing, delta, iterations), expected)
+    expected = blur_kernels.glass_sweeps(pixels, shifts, delta)
+    assert torch.equal(
+        blur_kernels.glass_sweeps_drawing(pixels, drawing, delta, iterations), expected
+    )
     for ours, theirs in zip(drawing, batch, strict=True):
         assert torch.equal(ours.get_state(), theirs.get_state())
     # Quantizing in the same loop (the glass blur's CPU path) starts from the same levels.
     blurred = torch.rand(3, 3, 40, 36) * 1.2 - 0.1
     quantizing = sampling.generators_for(torch.tensor([5, 6, 7]))
     reference = sampling.generators_for(torch.tensor([5, 6, 7]))
-    fused = kernels.glass_sweeps_drawing(blurred, quantizing, delta, iterations, quantize=True)
-    stepwise = kernels.glass_sweeps_drawing(ops.quantize(blurred), reference, delta, iterations)
+    fused = blur_kernels.glass_sweeps_drawing(blurred, quantizing, delta, iterations, quantize=True)
+    stepwise = blur_kernels.glass_sweeps_drawing(
+        ops.quantize(blurred), reference, delta, iterations
+    )
     assert torch.equal(fused, stepwise)
     assert not torch.equal(fused, ops.quantize(blurred))  # the sweeps moved pixels
 
@@ -669,7 +678,7 @@ def test_normal_noise_drawing_in_the_loop_equals_the_tensor_steps(speckle, size)
     batch = sampling.generators_for(torch.tensor([8, 9, 10]))
     normals = sampling.normal(batch, (3, *size))
     expected = images + images * normals * 0.3 if speckle else images + normals * 0.3
-    assert torch.equal(kernels.normal_noise(images, drawing, 0.3, speckle), expected)
+    assert torch.equal(noise_kernels.normal_noise(images, drawing, 0.3, speckle), expected)
     for ours, theirs in zip(drawing, batch, strict=True):
         assert torch.equal(ours.get_state(), theirs.get_state())
 
@@ -680,8 +689,8 @@ def test_impulse_noise_drawing_in_the_loop_equals_the_batch_draw(size):
     drawing = sampling.generators_for(torch.tensor([1, 2, 3]))
     batch = sampling.generators_for(torch.tensor([1, 2, 3]))
     draws = sampling.uniform(batch, (2, 3, *size))
-    expected = kernels.impulse_noise(images, draws, 0.2)
-    assert torch.equal(kernels.impulse_noise_drawing(images, drawing, 0.2), expected)
+    expected = noise_kernels.impulse_noise(images, draws, 0.2)
+    assert torch.equal(noise_kernels.impulse_noise_drawing(images, drawing, 0.2), expected)
     for ours, theirs in zip(drawing, batch, strict=True):
         assert torch.equal(ours.get_state(), theirs.get_state())
 
@@ -790,7 +799,9 @@ def test_compiled_frost_blend_equals_the_tensor_steps():
         [photographs[p, :, top : top + 20, left : left + 24] for p, top, left in corners.tolist()]
     )
     expected = 0.35 * images + 0.75 * crops
-    assert torch.equal(kernels.frost_blend(images, photographs, corners, 0.35, 0.75), expected)
+    assert torch.equal(
+        weather_kernels.frost_blend(images, photographs, corners, 0.35, 0.75), expected
+    )
 
 
 @pytest.mark.parametrize("density", [0.0, 0.002, 0.02, 0.3])
@@ -819,7 +830,7 @@ def test_compiled_mud_blend_equals_the_tensor_steps():
     liquid = sampling.normal(generators, (1, 40, 36), dtype=torch.float64) * 0.3 + 0.6
     liquid = ops.gaussian_filter(liquid, 1.0, mode="nearest")
     mask = ops.gaussian_filter((liquid > 0.65).float(), 1.0, mode="nearest")
-    compiled = kernels.mud_blend(images, mask, spatter._MUD_COLOUR)
+    compiled = spatter_kernels.mud_blend(images, mask, spatter._MUD_COLOUR)
     assert torch.equal(compiled, spatter._mud(images, liquid, 0.65, 1.0))
     assert bool((compiled != images).any()) and bool((compiled == images).any())
 
@@ -856,7 +867,7 @@ def test_compiled_disk_blur_equals_correlating_with_the_disk_kernel(family):
         assert rebuilt.shape == kernel.shape, (radius, alias_blur)
         # disk_kernel blurs through a float32 matrix product: equal within its rounding.
         assert torch.allclose(rebuilt.float(), kernel, rtol=0, atol=1e-7)
-        compiled = kernels.disk_blur(images, heights, taps)
+        compiled = blur_kernels.disk_blur(images, heights, taps)
         expected = ops.correlate2d(images, kernel, "mirror")
         assert torch.allclose(compiled, expected, rtol=0, atol=2e-6), (radius, alias_blur)
 

@@ -16,6 +16,36 @@ finish=ops.RAW)``: it corrupts the chunk and writes it into ``out`` finished as 
 (clamped, or clamped and quantized). A new corruption can end with
 ``return ops.deliver(result, out, finish)``; the compiled kernels finish each image while it is
 still in the cache instead.
+
+Where things are (each family's torch steps, and beside them the CPU kernels compiled with
+numba that the steps call on the CPU):
+
+- ``noise.py``, ``noise_kernels.py``: gaussian_noise, shot_noise, impulse_noise,
+  speckle_noise.
+- ``blur.py``, ``blur_kernels.py``: defocus_blur, glass_blur, zoom_blur; motion_blur and
+  gaussian_blur, whose filters are shared steps of ``ops``.
+- ``weather.py``, ``weather_kernels.py``: snow, frost, fog.
+- ``digital.py``, ``digital_kernels.py``: brightness, contrast, saturate, elastic_transform,
+  pixelate, jpeg_compression (and :func:`jpeg_round_trip`).
+- ``spatter.py``, ``spatter_kernels.py``: spatter (Canny edges, the distance transform, water
+  and mud).
+- ``ops.py``, ``ops_kernels.py``: the shared steps: padding, filters, FFT convolution, motion
+  blur (snow's too), zooms, BOX resizing, and finishing (``ops.deliver``).
+- ``common_kernels.py``: what every kernel shares (the ``finish`` flags and the row loops that
+  apply them, padded rows, extremes, border positions); it imports nothing of the engine.
+- ``sampling.py``, ``mersenne.py``: per-image generators and the thread pool that runs draws
+  and kernels; MT19937 draws compiled (torch's numbers, faster).
+- ``parameters.py``: the reference's parameters, one table per family.
+- ``allocation.py``: the heap setting that lets batch-sized buffers reuse freed memory.
+
+Adding a corruption: write its torch steps first, in the family's module (they run on every
+device and are the definition), its parameters in :mod:`.parameters`, and register it below
+(``_FUNCTIONS`` and the name tuples). Add a compiled kernel to the family's ``*_kernels``
+module only with a measured reason (``scripts/benchmark_corruptions.py`` before and after),
+keep the torch steps as its twin, and test the two against each other in
+tests/test_corruption_fast_paths.py. Kernel modules import ``common_kernels``, ``sampling``,
+``mersenne`` and ``ops_kernels``, never ``ops`` or a corruption module, so the engine's imports
+stay free of cycles; ``scripts/corruption_fingerprints.py`` checks that a change moves no bit.
 """
 
 from __future__ import annotations

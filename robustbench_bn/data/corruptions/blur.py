@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from robustbench_bn.data.corruptions import kernels, ops, sampling
+from robustbench_bn.data.corruptions import blur_kernels, ops, sampling
 from robustbench_bn.data.corruptions.sampling import Generators
 
 
@@ -69,7 +69,7 @@ def defocus_blur(images: torch.Tensor, parameter, generators: Generators, family
     columns = disk_columns(float(radius), float(alias_blur))
     if columns is not None and images.device.type == "cpu" and images.dtype == torch.float32:
         heights, taps = columns
-        return kernels.disk_blur(images, heights, taps, **finishing)
+        return blur_kernels.disk_blur(images, heights, taps, **finishing)
     # cv2.filter2D's default border is BORDER_REFLECT_101.
     kernel = disk_kernel(float(radius), float(alias_blur))
     return ops.correlate2d(images, kernel, "mirror", **finishing)
@@ -90,7 +90,7 @@ def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: 
     [-delta, delta). (The reference's tuple "swap" of numpy views only copies.) A copy reads
     the source's final value when the sweep has already passed the source, else its value
     before the sweep. On the CPU a compiled loop runs the sweep as written
-    (:func:`.kernels.glass_sweeps`); elsewhere, following those links to their end (pointer
+    (:func:`.blur_kernels.glass_sweeps`); elsewhere, following those links to their end (pointer
     doubling, log2(H*W) steps) gives the whole sweep at once, exactly as the loop would.
     """
     sigma, delta, iterations = parameter
@@ -102,7 +102,7 @@ def glass_blur(images: torch.Tensor, parameter, generators: Generators, family: 
     if compiled and len(rows) and len(cols):
         # Quantized and swept image by image in one compiled loop, drawing the shifts there:
         # the same numbers as the steps below.
-        shuffled = kernels.glass_sweeps_drawing(
+        shuffled = blur_kernels.glass_sweeps_drawing(
             blurred, generators, delta, iterations, quantize=True
         )
         return ops.gaussian_filter(shuffled, sigma, mode="nearest", **finishing)
@@ -162,7 +162,7 @@ def zoom_blur(images: torch.Tensor, factors, generators: Generators, family: str
         height, width = images.shape[-2:]
         factors = tuple(float(factor) for factor in factors)
         tables = ops.clipped_zoom_tables(height, width, factors)
-        return kernels.zoom_blur(images, tables, **finishing)
+        return blur_kernels.zoom_blur(images, tables, **finishing)
     return ops.deliver(zoom_blur_by_tensor_operations(images, factors), **finishing)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustbench_bn.data.corruptions import kernels, ops, sampling
+from robustbench_bn.data.corruptions import digital_kernels, ops, sampling
 from robustbench_bn.data.corruptions.parameters import NATIVE_SIZE
 from robustbench_bn.data.corruptions.sampling import Generators
 
@@ -22,7 +22,7 @@ def brightness(
     """HSV value + shift (skimage rgb2hsv / hsv2rgb). With hue and saturation kept, each
     pixel's RGB scales by V'/V; a black pixel (hue and saturation 0) becomes grey V'."""
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.brightness(images, float(shift), **finishing)
+        return digital_kernels.brightness(images, float(shift), **finishing)
     return ops.deliver(brightness_by_tensor_operations(images, shift), **finishing)
 
 
@@ -42,7 +42,7 @@ def saturate(images: torch.Tensor, parameter, generators: Generators, family: st
     """
     scale, offset = parameter
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.saturate(images, float(scale), float(offset), **finishing)
+        return digital_kernels.saturate(images, float(scale), float(offset), **finishing)
     return ops.deliver(saturate_by_tensor_operations(images, scale, offset), **finishing)
 
 
@@ -66,7 +66,7 @@ def saturate_by_tensor_operations(
 def contrast(images: torch.Tensor, factor: float, generators: Generators, family: str, **finishing):
     means = images.mean((2, 3), keepdim=True)
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.contrast(images, means, float(factor), **finishing)
+        return digital_kernels.contrast(images, means, float(factor), **finishing)
     return ops.deliver((images - means) * factor + means, **finishing)
 
 
@@ -80,7 +80,7 @@ def pixelate(
     if images.device.type == "cpu" and images.dtype == torch.float32:
         # Enlarging, PIL's BOX filter reads one input pixel per output pixel (weight 1): the
         # first column of each enlargement's tap table.
-        return kernels.pixelate(
+        return digital_kernels.pixelate(
             images,
             ops.sparse_rows(ops.pil_box_matrix(height, small_height)),
             ops.sparse_rows(ops.pil_box_matrix(width, small_width)),
@@ -127,9 +127,9 @@ def jpeg(images: torch.Tensor, quality: int, out: torch.Tensor | None = None) ->
         # encoder's own interleaving copy is a no-op.
         pixels = interleaved.permute(2, 0, 1)
         for index in range(first, batch, step):
-            kernels.interleaved_levels(sources[index], scratch)
+            digital_kernels.interleaved_levels(sources[index], scratch)
             decoded = decode_jpeg(encode_jpeg(pixels, quality=quality))
-            kernels.planes_from_levels(decoded.permute(1, 2, 0).numpy(), targets[index])
+            digital_kernels.planes_from_levels(decoded.permute(1, 2, 0).numpy(), targets[index])
 
     # libjpeg runs without the GIL, so the images share the two threads.
     sampling.run_in_shares(batch, share)
@@ -188,7 +188,7 @@ def elastic_transform(
         # float32 like the draws: the fields are scaled and cast to float32 anyway.
         fields = ops.gaussian_filter(field_draws, sigma, mode="reflect", truncate=3.0)
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.elastic_resample(images, inverse, fields, alpha, **finishing)
+        return digital_kernels.elastic_resample(images, inverse, fields, alpha, **finishing)
     return ops.deliver(elastic_by_tensor_operations(images, inverse, fields, alpha), **finishing)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_bn.data.corruptions import kernels, ops, sampling
+from robustbench_bn.data.corruptions import noise_kernels, ops, sampling
 from robustbench_bn.data.corruptions.sampling import Generators
 
 #: Largest Poisson count kept in the lookup tables, in standard deviations above the rate;
@@ -27,7 +27,9 @@ def gaussian_noise(
     images: torch.Tensor, scale: float, generators: Generators, family: str, **finishing
 ):
     if _draws_in_the_loop(images):
-        return kernels.normal_noise(images, generators, float(scale), speckle=False, **finishing)
+        return noise_kernels.normal_noise(
+            images, generators, float(scale), speckle=False, **finishing
+        )
     noisy = images + sampling.normal(generators, tuple(images.shape[1:])) * scale
     return ops.deliver(noisy, **finishing)
 
@@ -36,7 +38,9 @@ def speckle_noise(
     images: torch.Tensor, scale: float, generators: Generators, family: str, **finishing
 ):
     if _draws_in_the_loop(images):
-        return kernels.normal_noise(images, generators, float(scale), speckle=True, **finishing)
+        return noise_kernels.normal_noise(
+            images, generators, float(scale), speckle=True, **finishing
+        )
     noisy = images + images * sampling.normal(generators, tuple(images.shape[1:])) * scale
     return ops.deliver(noisy, **finishing)
 
@@ -47,10 +51,10 @@ def impulse_noise(
     # skimage.util.random_noise(mode="s&p"): every element (channels separately) is replaced
     # with probability ``amount``, by salt (1) or pepper (0) with equal odds.
     if _draws_in_the_loop(images):
-        return kernels.impulse_noise_drawing(images, generators, float(amount), **finishing)
+        return noise_kernels.impulse_noise_drawing(images, generators, float(amount), **finishing)
     draws = sampling.uniform(generators, (2, *images.shape[1:]))
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.impulse_noise(images, draws, float(amount), **finishing)
+        return noise_kernels.impulse_noise(images, draws, float(amount), **finishing)
     replaced = draws[:, 0] < amount
     salt = (draws[:, 1] < 0.5).to(images.dtype)
     return ops.deliver(torch.where(replaced, salt, images), **finishing)
@@ -78,7 +82,7 @@ def shot_noise(
     if compiled:
         # The uniforms are drawn inside the compiled loop: the same numbers. Images on the
         # grid come back finished, the others unset.
-        noisy, on_grid = kernels.shot_noise_drawing(
+        noisy, on_grid = noise_kernels.shot_noise_drawing(
             images, generators, table, guide, photons, out=out, finish=finish
         )
     else:

@@ -16,17 +16,19 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
-#: How a corruption leaves its result (``finish=``): as computed, clamped to [0, 1], or clamped
-#: and quantized (:func:`quantize`). The engine asks for one of the last two; the compiled
-#: kernels apply it to each image while it is still in the cache, which saved a full pass over
-#: the batch (about 0.04 of 0.5 ms per 224 px image for elastic transform's resampling).
-RAW, CLAMPED, QUANTIZED = 0, 1, 2
+from robustbench_bn.data.corruptions import ops_kernels, sampling
+
+# The finishing flags and border modes are defined beside the kernels that share them; the
+# corruptions use them as ops.RAW, ops.border_index, ...
+from robustbench_bn.data.corruptions.common_kernels import (  # noqa: F401
+    BORDER_MODES,
+    CLAMPED,
+    QUANTIZED,
+    RAW,
+    border_index,
+)
 
 Result = TypeVar("Result")
-
-#: Border modes by their scipy.ndimage names. OpenCV's BORDER_REFLECT_101 is "mirror",
-#: BORDER_REPLICATE is "nearest".
-BORDER_MODES = ("nearest", "reflect", "mirror")
 
 #: A 1-D kernel is applied by shifted adds while taps * this < the axis length, otherwise as a
 #: dense [N, N] matrix product: matrix products run near peak speed, so they win unless the
@@ -86,21 +88,6 @@ def fast_fft_size(size: int) -> int:
         candidate += 1
 
 
-def border_index(positions: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """Map integer positions (any, also far outside) onto [0, size) like scipy's ``mode``."""
-    if mode == "nearest":
-        return positions.clamp(0, size - 1)
-    if mode == "reflect":  # d c b a | a b c d | d c b a
-        period = positions.remainder(2 * size)
-        return torch.where(period >= size, 2 * size - 1 - period, period)
-    if mode == "mirror":  # d c b | a b c d | c b a
-        if size == 1:
-            return torch.zeros_like(positions)
-        period = positions.remainder(2 * size - 2)
-        return torch.where(period >= size, 2 * size - 2 - period, period)
-    raise ValueError(f"Unknown border mode {mode!r}; expected one of {BORDER_MODES}.")
-
-
 def _pad_axis(images: torch.Tensor, before: int, after: int, axis: int, mode: str):
     """Pad one axis by less than its length with slices and one concatenation (copies only,
     so the same values as :func:`border_index`, several times faster than a gather)."""
@@ -133,11 +120,9 @@ def pad(images: torch.Tensor, top: int, bottom: int, left: int, right: int, mode
     """Pad the last two axes by any amount (also more than the image size) in ``mode``."""
     height, width = images.shape[-2:]
     if images.device.type == "cpu" and images.dim() == 4 and images.dtype in _COMPILED_PAD_TYPES:
-        from robustbench_bn.data.corruptions import kernels
-
         rows = border_index(torch.arange(-top, height + bottom), height, mode)
         cols = border_index(torch.arange(-left, width + right), width, mode)
-        return kernels.pad(images, rows, cols, left)
+        return ops_kernels.pad(images, rows, cols, left)
     # "mirror" reads one pixel further in than the others: it needs pad < size - 1.
     if max(top, bottom) < height - 1 and max(left, right) < width - 1:
         return _pad_axis(_pad_axis(images, left, right, -1, mode), top, bottom, -2, mode)
@@ -237,13 +222,11 @@ def separable_correlate(
         and len(taps) > 1
         and len(taps) * _compiled_filter_speedup(min(images.shape[-2:])) < min(images.shape[-2:])
     ):
-        from robustbench_bn.data.corruptions import kernels
-
         # Where the tensor version would make a memory pass per tap: both axes compiled
         # (finishing inside the kernel needs float32 planes).
         if finish == RAW or images.dtype == torch.float32:
-            return kernels.separable_filter(images, taps, mode, out=out, finish=finish)
-        return deliver(kernels.separable_filter(images, taps, mode), out, finish)
+            return ops_kernels.separable_filter(images, taps, mode, out=out, finish=finish)
+        return deliver(ops_kernels.separable_filter(images, taps, mode), out, finish)
     return deliver(correlate1d(correlate1d(images, taps, -1, mode), taps, -2, mode), out, finish)
 
 
@@ -318,8 +301,6 @@ def _fft_convolve_per_image(
     """
     import scipy.fft
 
-    from robustbench_bn.data.corruptions import kernels, sampling
-
     shape = tuple(padded.shape[-2:])
     height, width = size
     sources = padded.numpy()
@@ -331,7 +312,7 @@ def _fft_convolve_per_image(
 
     def one_image(index: int) -> None:
         image = scipy.fft.irfft2(scipy.fft.rfft2(sources[index]) * spectrum, s=shape)
-        kernels.finish_crop(image, top, left, targets[index], finish)
+        ops_kernels.finish_crop(image, top, left, targets[index], finish)
 
     sampling.run_per_image(len(sources), one_image)
     return filtered
@@ -386,10 +367,8 @@ def motion_blur(
     keep = torch.cumsum(too_far.long(), 1) == 0
     batch_weights = torch.where(keep, weights.expand_as(shift_x), torch.zeros(()).double())
     if images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4:
-        from robustbench_bn.data.corruptions import kernels
-
         shifts = torch.stack([shift_y, shift_x], -1)
-        return kernels.motion_blur(images, shifts, batch_weights, out=out, finish=finish)
+        return ops_kernels.motion_blur(images, shifts, batch_weights, out=out, finish=finish)
     return deliver(_motion_blur_by_fft(images, shift_y, shift_x, batch_weights), out, finish)
 
 
@@ -526,9 +505,7 @@ def pil_box_resize(images: torch.Tensor, height: int, width: int) -> torch.Tenso
     rows = pil_box_matrix(images.shape[-2], height)
     cols = pil_box_matrix(images.shape[-1], width)
     if images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4:
-        from robustbench_bn.data.corruptions import kernels
-
-        return kernels.resize_separable(images, sparse_rows(rows), sparse_rows(cols))
+        return ops_kernels.resize_separable(images, sparse_rows(rows), sparse_rows(cols))
     return apply_sparse(apply_sparse(images, rows, -2), cols, -1)
 
 
@@ -564,9 +541,7 @@ def deliver(
         out = torch.empty(corrupted.shape, dtype=torch.float32, device=corrupted.device)
     on_cpu = out.device.type == "cpu" and corrupted.device.type == "cpu"
     if finish != RAW and on_cpu and corrupted.dtype == torch.float32:
-        from robustbench_bn.data.corruptions import kernels
-
-        kernels.finish(corrupted, out, finish == QUANTIZED)
+        ops_kernels.finish(corrupted, out, finish == QUANTIZED)
         return out
     corrupted = corrupted.float()
     if finish != RAW:

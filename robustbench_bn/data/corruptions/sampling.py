@@ -22,15 +22,18 @@ advanced state back, so everything after draws from the generator as before.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from robustbench_bn.data.corruptions import mersenne
+from robustbench_bn.data.corruptions.common_kernels import RAW
 
 Generators = Sequence[torch.Generator]
 CPU = torch.device("cpu")
@@ -75,6 +78,42 @@ def run_per_image(count: int, task: Callable[[int], object], threaded: bool = Tr
             task(index)
 
     run_in_shares(count, share, threaded)
+
+
+def run_kernel(kernel: Callable[..., None], count: int, *arguments) -> None:
+    """A compiled kernel ``kernel(*arguments, first, step)`` over the pool's threads, each
+    taking its share of ``count`` images (:func:`run_in_shares`)."""
+    run_in_shares(count, lambda first, step: kernel(*arguments, first, step))
+
+
+def run_image_kernel(
+    kernel: Callable[..., None],
+    images: torch.Tensor,
+    *arguments,
+    out: torch.Tensor | None = None,
+    finish: int = RAW,
+) -> torch.Tensor:
+    """Run a per-image kernel ``kernel(images, *arguments, finish, out, first, step)`` over
+    the thread shares and return ``out`` (float32 of the images' shape; allocated when not
+    given), each image finished as ``finish`` asks (:data:`.common_kernels.RAW` and the
+    others)."""
+    if out is None:
+        out = torch.empty(images.shape, dtype=torch.float32)
+    run_kernel(
+        kernel, len(images), images.contiguous().numpy(), *arguments, int(finish), out.numpy()
+    )
+    return out
+
+
+@contextlib.contextmanager
+def generator_states(generators: Generators) -> Iterator[np.ndarray]:
+    """The generators' states as one uint8 array [B, 5056] for compiled loops that draw from
+    them (:mod:`.mersenne`); on leaving, each generator takes back its advanced state."""
+    stacked = torch.stack([generator.get_state() for generator in generators])
+    mersenne.check_state_layout(stacked[0].numpy())
+    yield stacked.numpy()
+    for generator, state in zip(generators, stacked, strict=True):
+        generator.set_state(state.clone())
 
 
 def per_image(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustbench_bn.data.corruptions import kernels, ops, sampling
+from robustbench_bn.data.corruptions import ops, sampling, spatter_kernels
 from robustbench_bn.data.corruptions.sampling import Generators
 
 #: cv2.threshold(dist, 20, 20, THRESH_TRUNC): distances beyond 20 px do not matter.
@@ -31,7 +31,7 @@ def spatter(images: torch.Tensor, parameter, generators: Generators, family: str
     compiled = images.device.type == "cpu" and images.dtype == torch.float32
     if compiled and mode == 0:
         # The kernel zeroes the liquid below the threshold as it reads it.
-        return kernels.water(
+        return spatter_kernels.water(
             images, liquid, strength, _WATER_COLOUR, _DISTANCE_CAP, threshold=threshold, **finishing
         )
     if compiled:
@@ -40,7 +40,7 @@ def spatter(images: torch.Tensor, parameter, generators: Generators, family: str
         if threshold < 0:
             liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
         mask = ops.gaussian_filter((liquid > threshold).float(), strength, mode="nearest")
-        return kernels.mud_blend(images, mask, _MUD_COLOUR, **finishing)
+        return spatter_kernels.mud_blend(images, mask, _MUD_COLOUR, **finishing)
     liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
     if mode == 0:
         return ops.deliver(_water(images, liquid, strength), **finishing)
@@ -88,7 +88,7 @@ def canny(planes: torch.Tensor, low: float, high: float) -> torch.Tensor:
     if planes.device.type == "cpu" and (
         not planes.numel() or 0 <= planes.min() <= planes.max() <= 255
     ):
-        return kernels.canny(planes, int(low), int(high))
+        return spatter_kernels.canny(planes, int(low), int(high))
     return canny_by_tensor_operations(planes, low, high)
 
 
@@ -149,7 +149,7 @@ def distance_to_edges(edges: torch.Tensor) -> torch.Tensor:
     :data:`_DISTANCE_CAP` (cv2.distanceTransform of 255 - edges), [B, 1, H, W] float64."""
     cap = _DISTANCE_CAP + 1
     if edges.device.type == "cpu":
-        return kernels.distance_to_edges(edges, cap)
+        return spatter_kernels.distance_to_edges(edges, cap)
     return distance_by_tensor_operations(edges)
 
 

@@ -13,7 +13,7 @@ from importlib import resources
 
 import torch
 
-from robustbench_bn.data.corruptions import kernels, ops, sampling
+from robustbench_bn.data.corruptions import ops, sampling, weather_kernels
 from robustbench_bn.data.corruptions.parameters import FROST_RESIZE
 from robustbench_bn.data.corruptions.sampling import Generators
 
@@ -31,14 +31,14 @@ def snow(images: torch.Tensor, parameter, generators: Generators, family: str, *
     # the blurred result back as 8 bits (rounded).
     compiled = images.device.type == "cpu" and images.dtype == torch.float32
     if compiled:
-        layer = kernels.zeroed_levels(layer, threshold)  # the two steps below in one pass
+        layer = weather_kernels.zeroed_levels(layer, threshold)  # the two steps below in one pass
     else:
         layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
         layer = ops.quantize(layer)
     layer = ops.motion_blur(layer, int(blur_radius), float(blur_sigma), angles)
     if compiled:
         # The blend rounds the layer to 8 bits as it reads it.
-        return kernels.snow_blend(images, layer, float(image_weight), **finishing)
+        return weather_kernels.snow_blend(images, layer, float(image_weight), **finishing)
     layer = torch.round(layer.clamp(0, 1) * 255) / 255
     return ops.deliver(snow_blend_by_tensor_operations(images, layer, image_weight), **finishing)
 
@@ -135,7 +135,7 @@ def frost(images: torch.Tensor, parameter, generators: Generators, family: str, 
         corners = torch.tensor(picks, dtype=torch.int64).view(-1, 3)
         stacked = _stacked_frost_photographs(family, height, width)
         weights = (float(image_weight), float(frost_weight))
-        return kernels.frost_blend(images, stacked, corners, *weights, **finishing)
+        return weather_kernels.frost_blend(images, stacked, corners, *weights, **finishing)
     crops = [
         photographs[choice][:, top : top + height, left : left + width]
         for choice, top, left in picks
@@ -149,7 +149,7 @@ def plasma_fractal(generators: Generators, size: int, wibble_decay: float) -> to
     image draws its size^2 - 1 uniforms in one call."""
     draws = sampling.uniform(generators, (size * size - 1,), dtype=torch.float64)
     if draws.device.type == "cpu":
-        return kernels.plasma_fractal(draws, size, wibble_decay)
+        return weather_kernels.plasma_fractal(draws, size, wibble_decay)
     return _plasma_by_tensor_operations(draws, size, wibble_decay)
 
 
@@ -193,7 +193,7 @@ def fog(images: torch.Tensor, parameter, generators: Generators, family: str, **
     size = 1 << math.ceil(math.log2(max(height, width)))
     plasma = plasma_fractal(generators, size, float(wibble_decay))
     if images.device.type == "cpu" and images.dtype == torch.float32:
-        return kernels.fog_blend(images, plasma, float(amount), **finishing)
+        return weather_kernels.fog_blend(images, plasma, float(amount), **finishing)
     plasma = plasma[:, None, :height, :width]
     peak = images.amax((1, 2, 3), keepdim=True)
     fogged = images + amount * plasma.to(images.dtype)
