@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict
 
 import robustbench_bn.run  # noqa: F401  (registers the rbn_config_hash resolver)
 from robustbench_bn.models.training import install_checkpoint
-from robustbench_bn.report.regression import MODEL_CHECKPOINT
+from robustbench_bn.regression import MODEL_CHECKPOINT
 
 #: A source model trained for a tenth of an epoch: seconds, not minutes, and still clearly
 #: better than chance (about 68% clean accuracy), which is all the mechanics tests need.
@@ -25,7 +25,7 @@ QUICK_MODEL = ["model.epochs=0.1"]
 
 
 #: The quick model's weights, committed with the regression baseline they produced (see
-#: robustbench_bn/report/regression.py): every test evaluates the same weights on every CPU.
+#: robustbench_bn/regression.py): every test evaluates the same weights on every CPU.
 QUICK_MODEL_CHECKPOINT = Path(__file__).resolve().parents[1] / MODEL_CHECKPOINT
 
 

@@ -106,3 +106,17 @@ def test_kernel_modules_import_no_torch_steps():
     assert len(kernels) == 7
     for name in kernels:
         assert not graph[name] & steps, name
+
+
+def test_reports_read_rows_and_build_no_models():
+    graph = _import_graph()
+    reached = set()
+    pending = [name for name in graph if name.startswith("robustbench_bn.report")]
+    while pending:
+        module = pending.pop()
+        if module not in reached:
+            reached.add(module)
+            pending.extend(graph[module])
+    # The package's second-level names the reports reach, through any chain of imports.
+    reached_parts = {name.split(".")[1] for name in reached if "." in name}
+    assert not reached_parts & {"runner", "regression", "models", "methods", "finetune"}

@@ -1,9 +1,9 @@
 """The CI regression guard: re-run the slice of every method and compare it with the baseline.
 
-Each setup of :mod:`robustbench_bn.report.regression` runs for real through
+Each setup of :mod:`robustbench_bn.regression` runs for real through
 ``runner.run`` on a config from conftest's ``make_config`` (the quick 0.1-epoch model, the
 session's cache) and is compared cell by cell with ``results/fashion_mnist_c/ci_slice.csv``
-within :data:`~robustbench_bn.report.regression.TOLERANCE`. The cheap setups run with the
+within :data:`~robustbench_bn.regression.TOLERANCE`. The cheap setups run with the
 fast tests; dmc (source quantiles) and AdvBN (a fine-tune) are marked ``slow``.
 """
 
@@ -15,14 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robustbench_bn.report import compare
-from robustbench_bn.report.regression import (
+from robustbench_bn.regression import (
     CELLS_PER_SETUP,
     MODEL_CHECKPOINT,
     SETUPS,
     TOLERANCE,
     setup_overrides,
 )
+from robustbench_bn.report import compare
 from robustbench_bn.runner import run
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "fashion_mnist_c" / "ci_slice.csv"

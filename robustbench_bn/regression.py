@@ -1,5 +1,8 @@
 """The CI regression slice: a reduced but real run of every method on the embedded default.
 
+It composes configs and runs them through the runner (training or loading models), so it
+lives beside :mod:`robustbench_bn.runner`; ``report/`` only reads the rows such runs write.
+
 The slice is fixed and seeded: 3 corruptions x severities 1, 3, 5 plus clean, the first 500
 Fashion-MNIST test images, batch 100, seed 0, and the quickly trained source model
 (``model.epochs=0.1``, the same override tests/conftest.py applies to every test config; its
@@ -12,7 +15,7 @@ cells with :mod:`robustbench_bn.report.compare`, so a change that moves a number
 
 Regenerate the baseline (only for a change meant to move numbers, and say so in the commit):
 
-    .venv/bin/python -m robustbench_bn.report.regression results/fashion_mnist_c/ci_slice.csv
+    .venv/bin/python -m robustbench_bn.regression results/fashion_mnist_c/ci_slice.csv
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ def run_slice(
 def main(argv: Sequence[str] | None = None) -> None:
     """Write the slice's rows to the CSV named on the command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m robustbench_bn.report.regression",
+        prog="python -m robustbench_bn.regression",
         description="Run the CI regression slice and write its rows as the baseline CSV.",
     )
     parser.add_argument("target", type=Path, help="e.g. results/fashion_mnist_c/ci_slice.csv")
