@@ -137,3 +137,28 @@ def test_verify_tree_names_an_empty_class_folder_and_a_truncated_image(tmp_path,
     assert f"fog/3/{WNIDS[0]}/ is an empty class folder" in out
     assert victim.name in out
     assert "shot_noise/ is missing" in out
+
+
+@pytest.mark.parametrize("name", ["cifar10_c", "tiny_imagenet_c"])
+def test_verify_names_a_missing_folder_and_a_cut_short_or_unfinished_make_c(tmp_path, capsys, name):
+    from robustbench_bn.data.cli import verify
+
+    missing = tmp_path / "nowhere"
+    assert verify(name, missing) == [
+        f"{missing} does not exist: rbn-data download {name} --root {tmp_path}"
+    ]
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "manifest.json").write_text("{not json")
+    problems = verify(name, root)
+    assert (
+        problems[0]
+        == f"{root}/manifest.json cannot be read: the make-c run was cut short; rerun it."
+    )
+    assert not any("did not finish" in problem for problem in problems)
+    (root / "manifest.json").write_text(
+        '{"complete": false, "n_images": 2, "corruptions": ["fog"], "severities": [1]}'
+    )
+    problems = verify(name, root)
+    assert problems[0].startswith("manifest.json says the make-c run did not finish")
+    assert any("fog" in problem for problem in problems[1:])

@@ -84,6 +84,33 @@ def _regenerated(root: Path) -> dict[str, Any] | None:
         return {"damaged": True}
 
 
+def _start_verifying(
+    name: str, root: Path
+) -> tuple[dict[str, Any], str, Problems, dict[str, Any] | None]:
+    """What verifying a folder begins with: the release's manifest, the command that fetches
+    it, the problems found so far (``root`` missing; a make-c manifest cut short or saying its
+    run did not finish) and the make-c manifest of a regenerated set (None for a downloaded
+    release, or when it cannot be read)."""
+    manifest = release_manifest(name)
+    fetch = f"rbn-data download {name} --root {root.parent}"
+    problems = Problems()
+    if not root.is_dir():
+        problems.add(f"{root} does not exist: {fetch}")
+        return manifest, fetch, problems, None
+    regenerated = _regenerated(root)
+    if regenerated and regenerated.get("damaged"):
+        problems.add(
+            f"{root}/manifest.json cannot be read: the make-c run was cut short; rerun it."
+        )
+        regenerated = None
+    if regenerated and not regenerated.get("complete"):
+        problems.add(
+            "manifest.json says the make-c run did not finish: run the same command again "
+            "(finished files are kept)."
+        )
+    return manifest, fetch, problems, regenerated
+
+
 def _check_sums(root: Path, problems: Problems) -> int:
     """SHA-256 of every file listed in ``root/SHA256SUMS``; returns how many were checked."""
     from robustbench_bn.data.make_c import file_sha256, iter_checksums
@@ -110,26 +137,13 @@ def _check_sums(root: Path, problems: Problems) -> int:
 
 def verify_npy(name: str, root: Path) -> list[str]:
     """Every problem in a CIFAR-C folder, each with what to do; empty when it is sound."""
-    manifest = release_manifest(name)
-    fetch = f"rbn-data download {name} --root {root.parent}"
+    manifest, fetch, problems, regenerated = _start_verifying(name, root)
     if not root.is_dir():
-        return [f"{root} does not exist: {fetch}"]
-    problems = Problems()
-    regenerated = _regenerated(root)
-    if regenerated and regenerated.get("damaged"):
-        problems.add(
-            f"{root}/manifest.json cannot be read: the make-c run was cut short; rerun it."
-        )
-        regenerated = None
+        return problems.messages()
     expected_rows = 5 * (
         regenerated["n_images"] if regenerated else manifest["images_per_severity"]
     )
     corruptions = regenerated["corruptions"] if regenerated else manifest["corruptions"]
-    if regenerated and not regenerated.get("complete"):
-        problems.add(
-            "manifest.json says the make-c run did not finish: run the same command again "
-            "(finished files are kept)."
-        )
     rows = None
     labels_path = root / "labels.npy"
     try:
@@ -199,22 +213,9 @@ def verify_tree(name: str, root: Path, *, quick: bool = False) -> list[str]:
     """Every problem in an ImageNet-C style tree, each with what to do; empty when sound."""
     from robustbench_bn.data.clean_sets import decode_image
 
-    manifest = release_manifest(name)
-    fetch = f"rbn-data download {name} --root {root.parent}"
+    manifest, fetch, problems, regenerated = _start_verifying(name, root)
     if not root.is_dir():
-        return [f"{root} does not exist: {fetch}"]
-    problems = Problems()
-    regenerated = _regenerated(root)
-    if regenerated and regenerated.get("damaged"):
-        problems.add(
-            f"{root}/manifest.json cannot be read: the make-c run was cut short; rerun it."
-        )
-        regenerated = None
-    if regenerated and not regenerated.get("complete"):
-        problems.add(
-            "manifest.json says the make-c run did not finish: run the same command again "
-            "(finished files are kept)."
-        )
+        return problems.messages()
     per_severity = regenerated["n_images"] if regenerated else manifest["images_per_severity"]
     if regenerated:
         required, optional = list(regenerated["corruptions"]), []
