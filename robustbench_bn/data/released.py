@@ -466,59 +466,13 @@ class ImageTreeCorrupted:
         return images, labels[indices]
 
 
-def imagenet_c(
-    *,
-    root: str,
-    subset: str = "all",
-    images_per_class: int = 5,
-    subset_seed: int = 0,
-    subset_file: str | None = None,
-    clean_dir: str | None = None,
-    train_dir: str | None = None,
-    train_images_per_class: int = 10,
-    num_classes: int | None = None,
-    num_workers: int = 0,
-) -> ImageTreeCorrupted:
-    """Hydra entry point for ``dataset=imagenet_c``."""
-    return ImageTreeCorrupted(
-        name="imagenet_c",
-        root=root,
-        subset=subset,
-        images_per_class=images_per_class,
-        subset_seed=subset_seed,
-        subset_file=subset_file,
-        clean_dir=clean_dir,
-        train_dir=train_dir,
-        train_images_per_class=train_images_per_class,
-        num_classes=num_classes,
-        num_workers=num_workers,
-    )
+def imagenet_c(**options: Any) -> ImageTreeCorrupted:
+    """Hydra entry point for ``dataset=imagenet_c``; the options are
+    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir, num_workers, ...)."""
+    return ImageTreeCorrupted(name="imagenet_c", **options)
 
 
-def tiny_imagenet_c(
-    *,
-    root: str,
-    subset: str = "all",
-    images_per_class: int = 5,
-    subset_seed: int = 0,
-    subset_file: str | None = None,
-    clean_dir: str | None = None,
-    train_dir: str | None = None,
-    train_images_per_class: int = 10,
-    num_classes: int | None = None,
-    num_workers: int = 0,
-) -> ImageTreeCorrupted:
-    """Hydra entry point for ``dataset=tiny_imagenet_c``."""
-    return ImageTreeCorrupted(
-        name="tiny_imagenet_c",
-        root=root,
-        subset=subset,
-        images_per_class=images_per_class,
-        subset_seed=subset_seed,
-        subset_file=subset_file,
-        clean_dir=clean_dir,
-        train_dir=train_dir,
-        train_images_per_class=train_images_per_class,
-        num_classes=num_classes,
-        num_workers=num_workers,
-    )
+def tiny_imagenet_c(**options: Any) -> ImageTreeCorrupted:
+    """Hydra entry point for ``dataset=tiny_imagenet_c``; the options are
+    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir, num_workers, ...)."""
+    return ImageTreeCorrupted(name="tiny_imagenet_c", **options)
