@@ -405,12 +405,16 @@ def test_full_run_on_a_miniature_tree(tmp_path, compose_config, name, size):
     assert rows["preprocessing"].str.contains("input=32px").all()
 
 
-def test_full_run_on_cifar10_corrupted_on_the_fly(tmp_path, compose_config):
+@pytest.mark.parametrize(
+    ("dataset", "folder"), [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")]
+)
+def test_full_run_on_cifar_corrupted_on_the_fly(tmp_path, compose_config, dataset, folder):
     from robustbench_bn.runner import run
 
-    _write_cifar_pickles(tmp_path / "cifar-10-batches-py", list(range(10)) + [3, 4])
+    labels = list(range(10)) + [3, 4]
+    _write_cifar_pickles(tmp_path / folder, labels, cifar100=dataset == "cifar100")
     cfg = compose_config(
-        "dataset=cifar10_c_on_the_fly",
+        f"dataset={dataset}_c_on_the_fly",
         "model=resnet20_cifar",
         f"dataset.data_dir={tmp_path}",
         "dataset.corruptions=[brightness]",

@@ -395,11 +395,11 @@ def _on_the_fly_cifar(
     dataset: str,
     *,
     data_dir: str,
-    n_examples: int | None,
-    seed: int,
-    family: str | None,
-    cache_dir: str | None,
-    corruption_device: str,
+    n_examples: int | None = None,
+    seed: int = 0,
+    family: str | None = None,
+    cache_dir: str | None = None,
+    corruption_device: str = "cpu",
 ) -> OnTheFlyCorruptions:
     test_set = load_cifar(data_dir, dataset=dataset, split="test")
     available = len(test_set)
@@ -418,46 +418,16 @@ def _on_the_fly_cifar(
     )
 
 
-def cifar10_on_the_fly(
-    *,
-    data_dir: str,
-    n_examples: int | None = None,
-    seed: int = 0,
-    family: str | None = None,
-    cache_dir: str | None = None,
-    corruption_device: str = "cpu",
-) -> OnTheFlyCorruptions:
-    """The CIFAR-10 test set corrupted on the fly by the suite's engine (CIFAR parameters)."""
-    return _on_the_fly_cifar(
-        "cifar10",
-        data_dir=data_dir,
-        n_examples=n_examples,
-        seed=seed,
-        family=family,
-        cache_dir=cache_dir,
-        corruption_device=corruption_device,
-    )
+def cifar10_on_the_fly(**options: Any) -> OnTheFlyCorruptions:
+    """The CIFAR-10 test set corrupted on the fly by the suite's engine (CIFAR parameters);
+    the options (data_dir, n_examples, seed, family, ...) are :func:`_on_the_fly_cifar`'s."""
+    return _on_the_fly_cifar("cifar10", **options)
 
 
-def cifar100_on_the_fly(
-    *,
-    data_dir: str,
-    n_examples: int | None = None,
-    seed: int = 0,
-    family: str | None = None,
-    cache_dir: str | None = None,
-    corruption_device: str = "cpu",
-) -> OnTheFlyCorruptions:
-    """The CIFAR-100 test set corrupted on the fly by the suite's engine (CIFAR parameters)."""
-    return _on_the_fly_cifar(
-        "cifar100",
-        data_dir=data_dir,
-        n_examples=n_examples,
-        seed=seed,
-        family=family,
-        cache_dir=cache_dir,
-        corruption_device=corruption_device,
-    )
+def cifar100_on_the_fly(**options: Any) -> OnTheFlyCorruptions:
+    """The CIFAR-100 test set corrupted on the fly by the suite's engine (CIFAR parameters);
+    the options (data_dir, n_examples, seed, family, ...) are :func:`_on_the_fly_cifar`'s."""
+    return _on_the_fly_cifar("cifar100", **options)
 
 
 def imagenet_val_on_the_fly(
