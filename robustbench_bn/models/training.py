@@ -39,28 +39,37 @@ def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
     return 100.0 * correct / len(labels)
 
 
+def _untrained_model(training_config: dict) -> NormalizedModel:
+    """The network of a training configuration (:func:`trained_small_resnet`'s), initialized
+    from torch's global generator, with its input normalization."""
+    network = SmallResNet(
+        num_classes=len(CLASSES),
+        widths=training_config["widths"],
+        blocks_per_stage=training_config["blocks_per_stage"],
+    )
+    return NormalizedModel(network, mean=training_config["mean"], std=training_config["std"])
+
+
 def train_small_resnet(
+    training_config: dict,
     *,
     data_dir: str | None = None,
     download: bool = False,
-    widths: Sequence[int] = (16, 32, 64),
-    blocks_per_stage: int = 1,
-    epochs: float = 1.5,
-    batch_size: int = 128,
-    learning_rate: float = 0.2,
-    seed: int = 0,
     progress: bool = True,
 ) -> tuple[NormalizedModel, dict]:
-    """Train from scratch with SGD and a one-cycle schedule; returns the model and its record."""
+    """Train from scratch with SGD and a one-cycle schedule; returns the model and its record.
+    ``training_config`` is :func:`trained_small_resnet`'s (architecture, epochs, batch size,
+    learning rate, seed, normalization)."""
     from tqdm import tqdm
 
+    epochs = training_config["epochs"]
+    batch_size = training_config["batch_size"]
+    learning_rate = training_config["learning_rate"]
+    seed = training_config["seed"]
     torch.manual_seed(seed)
     train = load_fashion_mnist("train", data_dir=data_dir, download=download)
     test = load_fashion_mnist("test", data_dir=data_dir, download=download)
-    network = SmallResNet(
-        num_classes=len(CLASSES), widths=widths, blocks_per_stage=blocks_per_stage
-    )
-    model = NormalizedModel(network, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
+    model = _untrained_model(training_config)
     # channels_last is about 1.5x faster for these small convolutions on CPU.
     model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(train) // batch_size
@@ -128,10 +137,7 @@ def trained_small_resnet(
     }
     key = stable_hash(training_config)
     path = checkpoint_path(cache_dir, training_config)
-    network = SmallResNet(
-        num_classes=len(CLASSES), widths=widths, blocks_per_stage=blocks_per_stage
-    )
-    model = NormalizedModel(network, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
+    model = _untrained_model(training_config)
     # Parallel jobs (joblib, SLURM) wait here for the first one to train, then load its result.
     with file_lock(path.with_suffix(".lock")):
         if not path.is_file():
@@ -178,15 +184,7 @@ def _train_and_save(
 ) -> None:
     log.info("No cached source model at %s; training one (about a minute on 2 CPU cores).", path)
     trained, record = train_small_resnet(
-        data_dir=data_dir,
-        download=download,
-        widths=training_config["widths"],
-        blocks_per_stage=training_config["blocks_per_stage"],
-        epochs=training_config["epochs"],
-        batch_size=training_config["batch_size"],
-        learning_rate=training_config["learning_rate"],
-        seed=training_config["seed"],
-        progress=progress,
+        training_config, data_dir=data_dir, download=download, progress=progress
     )
     log.info(
         "Trained source model: clean test accuracy %.2f%% in %.0f s; cached at %s",
