@@ -392,15 +392,11 @@ class _SelectedOnTheFly(OnTheFlyCorruptions):
 
 
 def _on_the_fly_cifar(
-    dataset: str,
-    *,
-    data_dir: str,
-    n_examples: int | None = None,
-    seed: int = 0,
-    family: str | None = None,
-    cache_dir: str | None = None,
-    corruption_device: str = "cpu",
+    dataset: str, *, data_dir: str, n_examples: int | None = None, **options: Any
 ) -> OnTheFlyCorruptions:
+    """The test set of ``dataset`` (CIFAR pickles under ``data_dir``) corrupted on the fly;
+    the other options (seed, family, cache_dir, corruption_device) are
+    :class:`OnTheFlyCorruptions`'."""
     test_set = load_cifar(data_dir, dataset=dataset, split="test")
     available = len(test_set)
     count = available if n_examples is None else n_examples
@@ -409,12 +405,9 @@ def _on_the_fly_cifar(
         test_set=test_set,
         num_classes=CIFAR_RELEASES[dataset]["classes"],
         n_examples=n_examples,
-        seed=seed,
-        family=family,
-        cache_dir=cache_dir,
-        corruption_device=corruption_device,
         training_loader=lambda: load_cifar(data_dir, dataset=dataset, split="train"),
         subset_description="all" if count == available else f"first_{count}",
+        **options,
     )
 
 
