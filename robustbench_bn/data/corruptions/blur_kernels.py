@@ -45,8 +45,8 @@ def _glass_sweeps_drawing_share(sources, states, delta, iterations, quantize, mo
     # :func:`_glass_sweeps` drawing each iteration's shifts (rows x cols x (dx, dy) in
     # [-delta, delta), the numbers ``sampling.integers`` would return) from the image's
     # generator into a small int8 buffer that stays in the cache. Each image is first copied
-    # (or clamped and quantized, :func:`finish_image`) into ``moved`` by the same thread, so the
-    # sweeps find it in the cache.
+    # (or clamped and quantized, :func:`.common_kernels.finish_image`) into ``moved`` by the
+    # same thread, so the sweeps find it in the cache.
     channels, height, width = sources.shape[1:]
     rows, cols = height - 2 * delta, width - 2 * delta
     shifts = np.empty((1, rows, cols, 2), np.int8)
@@ -71,8 +71,8 @@ def glass_sweeps_drawing(
 ) -> torch.Tensor:
     """:func:`glass_sweeps` drawing each image's shifts from its generator inside the
     compiled loop (delta below 64), then advancing the generators as the draw would. With
-    ``quantize``, ``pixels`` (float32) are first clamped and quantized as :func:`finish` does,
-    in the same loop."""
+    ``quantize``, ``pixels`` (float32) are first clamped and quantized as
+    :func:`.ops_kernels.finish` does, in the same loop."""
     sources = pixels.contiguous()
     moved = torch.empty_like(sources)
     with generator_states(generators) as states:

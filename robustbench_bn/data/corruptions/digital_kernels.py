@@ -297,8 +297,8 @@ def _pixelate_share(
     first,
     step,
 ):  # pragma: no cover - compiled
-    # The BOX reduction of :func:`resize_separable_image`, then the enlargement as the selection it
-    # is (one source pixel per output pixel, weight 1: the same bits).
+    # The BOX reduction of :func:`.ops_kernels.resize_separable_image`, then the enlargement
+    # as the selection it is (one source pixel per output pixel, weight 1: the same bits).
     channels = images.shape[1]
     small = np.empty((channels, row_columns.shape[0], col_columns.shape[0]), np.float32)
     scratch = np.empty(out.shape[1:], np.float32)

@@ -79,7 +79,8 @@ def finish_crop(image, top, left, out, finish):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def _pad_share(images, rows, cols, left, out, first, step):  # pragma: no cover - compiled
-    # out[..., r, c] = images[..., rows[r], cols[c]], row by row (:func:`padded_row`).
+    # out[..., r, c] = images[..., rows[r], cols[c]], row by row
+    # (:func:`.common_kernels.padded_row`).
     for index in range(first, images.shape[0], step):
         for channel in range(images.shape[1]):
             for row in range(out.shape[2]):
