@@ -228,7 +228,11 @@ def test_tree_reads_each_severity_with_labels_from_sorted_wnids(tmp_path, name, 
     scattered = as_float_images(scattered)
     assert _values(scattered) == [_tree_value(2, 2, 1), _tree_value(2, 0, 0)]
     assert scattered_labels.tolist() == [2, 0]
-    assert release.row_fields() == {"subset": "all", "corruption_source": f"released:{name}"}
+    assert release.row_fields() == {
+        "subset": "all",
+        "corruption_source": f"released:{name}",
+        "decode_device": "cpu",
+    }
 
 
 def test_worker_decoding_gives_the_same_batches(tmp_path):
@@ -388,6 +392,7 @@ def test_full_run_on_a_miniature_tree(tmp_path, compose_config, name, size):
     cfg = compose_config(
         f"dataset={name}",
         "model=resnet20_cifar",
+        "model.num_classes=3",  # the model must fit the tree's classes (checked before a cell)
         f"dataset.root={root}",
         "dataset.num_classes=3",
         "dataset.num_workers=0",
