@@ -221,7 +221,11 @@ def prefetch(
         batch = next(batches, None)
         if batch is None:
             return None
-        images, labels = batch[0].pin_memory(), batch[1].pin_memory()
+        # A benchmark that decodes on the GPU (dataset.decode_device=cuda) hands over device
+        # tensors: nothing to pin or copy.
+        images, labels = (
+            tensor.pin_memory() if tensor.device.type == "cpu" else tensor for tensor in batch
+        )
         with torch.cuda.stream(copy_stream):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)

@@ -166,9 +166,10 @@ def _crops(photos: list[torch.Tensor], count: int, generator: torch.Generator) -
     return torch.cat(views)
 
 
-def make_tree(root: Path, images: int) -> None:
+def make_tree(root: Path, images: int) -> int:
     """An ImageNet-C-layout tree of ``images`` quality-85 JPEGs over TREE_CELLS (see the
-    module docstring); kept for the next run (``TREE_MARKER`` says what it holds)."""
+    module docstring), kept for the next run (``TREE_MARKER`` says what it holds); returns
+    its number of class folders (TREE_CLASSES, fewer for a tiny tree)."""
     import json
 
     import torchvision.io as io
@@ -177,12 +178,13 @@ def make_tree(root: Path, images: int) -> None:
 
     marker = root / TREE_MARKER
     wanted = {"cells": [list(cell) for cell in TREE_CELLS], "images": images, "version": 1}
+    per_cell = images // len(TREE_CELLS)
+    classes = max(1, min(TREE_CLASSES, per_cell))
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        return
+        return classes
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(0)
     photos = _photographs()
-    per_cell = images // len(TREE_CELLS)
     for corruption, severity in TREE_CELLS:
         for start in range(0, per_cell, 100):
             stop = min(start + 100, per_cell)
@@ -194,7 +196,7 @@ def make_tree(root: Path, images: int) -> None:
             pixels = (corrupted * 255).round().to(torch.uint8)
             for offset, image in enumerate(pixels):
                 index = start + offset
-                folder = root / corruption / str(severity) / f"n{index % TREE_CLASSES:08d}"
+                folder = root / corruption / str(severity) / f"n{index % classes:08d}"
                 folder.mkdir(parents=True, exist_ok=True)
                 name = f"ILSVRC2012_val_{index:08d}.JPEG"
                 (folder / name).write_bytes(bytes(io.encode_jpeg(image, quality=85).numpy()))
@@ -202,6 +204,7 @@ def make_tree(root: Path, images: int) -> None:
     print(
         f"made {per_cell * len(TREE_CELLS)} JPEGs in {root} ({time.perf_counter() - started:.0f} s)"
     )
+    return classes
 
 
 def imagenet_c_benchmark(
@@ -220,8 +223,8 @@ def imagenet_c_benchmark(
     generated = not root.is_dir() or (root / TREE_MARKER).is_file() or not any(root.iterdir())
     if generated:
         root.mkdir(parents=True, exist_ok=True)
-        make_tree(root, images)
-        reader_settings = {"num_classes": TREE_CLASSES, "subset": "all"}
+        classes = make_tree(root, images)
+        reader_settings = {"num_classes": classes, "subset": "all"}
     else:
         # A real ImageNet-C: a balanced subset of the same cells, --images in all.
         per_class = max(1, images // (len(TREE_CELLS) * 1000))

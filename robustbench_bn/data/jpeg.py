@@ -134,7 +134,9 @@ class ThreadedReader:
             return [self._work(index) for index in indices]
         for index in indices:
             self._submit(index)
-        results = [self._queued.pop(index).result() for index in indices]
+        results = [self._queued[index].result() for index in indices]
+        for index in set(indices):
+            del self._queued[index]
         consecutive = all(b == a + 1 for a, b in zip(indices, indices[1:], strict=False))
         if indices and consecutive:
             last = indices[-1]
