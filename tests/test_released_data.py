@@ -406,6 +406,7 @@ def test_full_run_on_a_miniature_tree(tmp_path, compose_config, name, size):
     assert len(rows) == 10 and (rows["n"] == 3).all()
     assert (rows["subset"] == "balanced:1_per_class:seed0").all()
     assert (rows["corruption_source"] == f"released:{name}").all()
+    assert (rows["decode_device"] == "cpu").all()
     # The 32 px model resizes the tree's images itself, and the row says so.
     assert rows["preprocessing"].str.contains("input=32px").all()
 
