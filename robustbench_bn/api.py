@@ -81,7 +81,8 @@ def evaluate(
     root (``paths.output_root``) under which the job folder is made as ``rbn-run`` makes it,
     ``<output_dir>/runs/<dataset>/<name>/<finetune>/<method>-<hash>/``; ``None`` runs in a
     temporary folder that is removed afterwards. ``name``: the model's name in the rows and
-    the folder (default: its class's qualified name).
+    the folder (default: its class's qualified name and the first 8 characters of its
+    fingerprint, e.g. ``torchvision.models.resnet.ResNet@3f09c1d2``).
 
     The given model is not changed: the methods adapt a copy.
     """
@@ -115,7 +116,9 @@ def evaluate(
     with open_dict(cfg):
         cfg.model = OmegaConf.create(
             {
-                "name": name or qualified_name(model),
+                # Without a name, the class and the fingerprint: rows of two different
+                # models of one class never read as the same model.
+                "name": name or f"{qualified_name(model)}@{fingerprint[:8]}",
                 "source": "python_object",
                 "class": qualified_name(model),
                 "fingerprint": fingerprint,

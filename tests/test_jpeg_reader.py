@@ -39,7 +39,7 @@ def textured_jpegs(folder: Path, count: int, *, size: int = SIZE) -> list[Path]:
 def test_cpu_decode_gives_the_pixels_of_pil_in_any_order(tmp_path, threads):
     paths = textured_jpegs(tmp_path, 12)
     expected = torch.stack(
-        [torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
+        [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
     )
     reader = JpegFiles(paths, size=SIZE, threads=threads, ahead=4)
     sequential = torch.cat([reader.read(range(start, start + 4)) for start in (0, 4, 8)])
