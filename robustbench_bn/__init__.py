@@ -18,3 +18,15 @@ __version__ = "0.1.0"
 # imported; `OMP_WAIT_POLICY=ACTIVE` keeps the spinning.
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+__all__ = ["evaluate"]
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `import robustbench_bn` stays cheap (no torch, no Hydra)
+    # and the OpenMP setting above still comes before torch.
+    if name == "evaluate":
+        from robustbench_bn.api import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'robustbench_bn' has no attribute {name!r}")

@@ -35,6 +35,7 @@ from robustbench_bn.data.benchmark import (
 )
 from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.methods.base import Method
+from robustbench_bn.models.checks import check_model_outputs
 from robustbench_bn.results import JobRows, accuracy_table
 from robustbench_bn.utils.environment import environment
 from robustbench_bn.utils.files import atomic_write_text, stable_hash
@@ -220,7 +221,11 @@ def prefetch(
         batch = next(batches, None)
         if batch is None:
             return None
-        images, labels = batch[0].pin_memory(), batch[1].pin_memory()
+        # A benchmark that decodes on the GPU (dataset.decode_device=cuda) hands over device
+        # tensors: nothing to pin or copy.
+        images, labels = (
+            tensor.pin_memory() if tensor.device.type == "cpu" else tensor for tensor in batch
+        )
         with torch.cuda.stream(copy_stream):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
@@ -240,8 +245,13 @@ def prefetch(
             yield images, labels
 
 
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Run one job; returns its rows (those resumed and those computed now)."""
+def run(cfg: DictConfig, *, model: torch.nn.Module | None = None) -> pd.DataFrame:
+    """Run one job; returns its rows (those resumed and those computed now).
+
+    ``model``: an already built model that takes [0, 1] images, used instead of building
+    ``cfg.model`` (:func:`robustbench_bn.api.evaluate` passes the user's); ``cfg.model`` then
+    only describes it (name and fingerprint), so it still names the job folder and the rows.
+    """
     output_dir = Path(cfg.paths.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +294,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     atomic_write_text(output_dir / "job.json", json.dumps(job_record, indent=2, default=str))
     started = time.perf_counter()
     if remaining:
-        _evaluate_remaining(cfg, benchmark, remaining, rows, device, job_hash, provenance)
+        _evaluate_remaining(
+            cfg, benchmark, remaining, rows, device, job_hash, provenance, model=model
+        )
     else:
         log.info("All %d cells are already in %s; nothing to do.", len(cells), rows.path)
     job_record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -296,9 +308,15 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     return frame
 
 
-def _build_method(cfg: DictConfig, benchmark: CorruptionBenchmark, device: torch.device) -> Method:
+def _build_method(
+    cfg: DictConfig,
+    benchmark: CorruptionBenchmark,
+    device: torch.device,
+    model: torch.nn.Module | None = None,
+) -> Method:
     started = time.perf_counter()
-    model = instantiate(_builder_arguments(cfg.model))
+    if model is None:
+        model = instantiate(_builder_arguments(cfg.model))
     model_key = getattr(model, "cache_key", None) or stable_hash(_builder_arguments(cfg.model))
     cache_dir = str(cfg.paths.cache_dir)
     if cfg.finetune.get("_target_"):
@@ -328,10 +346,12 @@ def _evaluate_remaining(
     device: torch.device,
     job_hash: str,
     provenance: dict[str, Any],
+    model: torch.nn.Module | None = None,
 ) -> None:
     from tqdm import tqdm
 
-    method = _build_method(cfg, benchmark, device)
+    method = _build_method(cfg, benchmark, device, model)
+    check_model_outputs(method.model, benchmark, cells[0], device)
     runner = cfg.runner
     shared_fields = {
         "dataset": cfg.dataset.name,

@@ -228,7 +228,11 @@ def test_tree_reads_each_severity_with_labels_from_sorted_wnids(tmp_path, name, 
     scattered = as_float_images(scattered)
     assert _values(scattered) == [_tree_value(2, 2, 1), _tree_value(2, 0, 0)]
     assert scattered_labels.tolist() == [2, 0]
-    assert release.row_fields() == {"subset": "all", "corruption_source": f"released:{name}"}
+    assert release.row_fields() == {
+        "subset": "all",
+        "corruption_source": f"released:{name}",
+        "decode_device": "cpu",
+    }
 
 
 def test_worker_decoding_gives_the_same_batches(tmp_path):
@@ -388,6 +392,7 @@ def test_full_run_on_a_miniature_tree(tmp_path, compose_config, name, size):
     cfg = compose_config(
         f"dataset={name}",
         "model=resnet20_cifar",
+        "model.num_classes=3",  # the model must fit the tree's classes (checked before a cell)
         f"dataset.root={root}",
         "dataset.num_classes=3",
         "dataset.num_workers=0",
@@ -401,6 +406,7 @@ def test_full_run_on_a_miniature_tree(tmp_path, compose_config, name, size):
     assert len(rows) == 10 and (rows["n"] == 3).all()
     assert (rows["subset"] == "balanced:1_per_class:seed0").all()
     assert (rows["corruption_source"] == f"released:{name}").all()
+    assert (rows["decode_device"] == "cpu").all()
     # The 32 px model resizes the tree's images itself, and the row says so.
     assert rows["preprocessing"].str.contains("input=32px").all()
 

@@ -11,9 +11,10 @@
   index comes from the sorted wnid folders. ``subset`` selects the images (``all`` by
   default; ``balanced`` with ``images_per_class=5`` is a deterministic 5,000-image subset of
   ImageNet-C; ``file`` reads a user-given list such as RobustBench's, which is not shipped
-  here). The choice is written into every row. JPEGs are decoded with torchvision.io,
-  ahead of the runner in DataLoader worker processes when ``num_workers`` > 0; images that
-  are already at the release's size are never resized or cropped again.
+  here). The choice is written into every row. JPEGs are decoded by
+  :mod:`robustbench_bn.data.jpeg`: ``num_workers`` threads decode ahead of the runner, with
+  libjpeg-turbo on the CPU or nvJPEG on the GPU (``decode_device``, written into every row);
+  images that are already at the release's size are never resized or cropped again.
 
 Release facts (URLs, archives, checksums where they can be cited, shapes) live in the JSON
 manifests next to this module; ``rbn-data`` downloads and verifies with them.
@@ -35,11 +36,11 @@ from robustbench_bn.data.clean_sets import (
     IMAGENET_RESIZE,
     ImageSubset,
     cifar_folder,
-    decode_files,
     list_class_folders,
     load_cifar,
     load_image_folder,
 )
+from robustbench_bn.data.jpeg import JpegFiles, resolve_decode_device
 from robustbench_bn.errors import ConfigurationError, DatasetNotFoundError
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
@@ -255,47 +256,6 @@ def cifar100_c(
 # --------------------------------------------------------------------------- JPEG trees
 
 
-class _SequentialDecoder:
-    """Decodes one cell's files in order in DataLoader workers, ahead of the runner.
-
-    The runner reads a cell in consecutive batches, so the next batch is usually decoded by
-    the time it is asked for. Anything else (random samples for adaptation, a jump back)
-    returns ``None`` and the caller decodes in-process.
-    """
-
-    def __init__(self, paths: list[Path], *, size: int, num_workers: int, chunk: int) -> None:
-        from robustbench_bn.data.clean_sets import _DecodeFiles
-
-        loader = torch.utils.data.DataLoader(
-            _DecodeFiles(paths, size=size, resize=None, crop=None),
-            batch_size=chunk,
-            num_workers=num_workers,
-            collate_fn=torch.stack,
-            prefetch_factor=4,
-        )
-        self._iterator = iter(loader)
-        self._pending: list[torch.Tensor] = []
-        self._start = 0
-        self._end = 0
-
-    def read(self, start: int, stop: int) -> torch.Tensor | None:
-        if start < self._start:
-            return None
-        try:
-            while self._end < stop:
-                chunk = next(self._iterator)
-                self._pending.append(chunk)
-                self._end += len(chunk)
-        except Exception:  # noqa: BLE001  (the in-process decode raises the readable error)
-            return None
-        block = self._pending[0] if len(self._pending) == 1 else torch.cat(self._pending)
-        images = block[start - self._start : stop - self._start]
-        rest = block[stop - self._start :]
-        self._pending = [rest] if len(rest) else []
-        self._start = stop
-        return images
-
-
 class ImageTreeCorrupted:
     """ImageNet-C / Tiny-ImageNet-C from the released JPEG trees (see the module docstring)."""
 
@@ -313,7 +273,7 @@ class ImageTreeCorrupted:
         train_images_per_class: int = 10,
         num_classes: int | None = None,
         num_workers: int = 0,
-        decode_chunk: int = 64,
+        decode_device: str = "cpu",
     ) -> None:
         manifest = release_manifest(name)
         if manifest["layout"] != "jpeg_tree":
@@ -339,10 +299,10 @@ class ImageTreeCorrupted:
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ConfigurationError(f"dataset.num_workers must be >= 0, got {num_workers!r}.")
         self.num_workers = num_workers
-        self.decode_chunk = decode_chunk
+        self.decode_device = resolve_decode_device(decode_device)
         self._cells: dict[Cell, tuple[list[Path], torch.Tensor]] = {}
         self._classes: list[str] | None = None
-        self._decoder: tuple[Cell, _SequentialDecoder] | None = None
+        self._reader: tuple[Cell, JpegFiles] | None = None
         self._clean_images: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def available_corruptions(self) -> tuple[str, ...]:
@@ -392,6 +352,7 @@ class ImageTreeCorrupted:
         return {
             "subset": self._subset_description,
             "corruption_source": f"released:{self.name}",
+            "decode_device": self.decode_device,
         }
 
     def _clean(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -438,22 +399,19 @@ class ImageTreeCorrupted:
         return training.images, training.labels
 
     def _decode(self, cell: Cell, paths: list[Path], indices: torch.Tensor) -> torch.Tensor:
-        rows = _as_range(indices)
-        if self.num_workers > 0 and rows is not None:
-            if self._decoder is None or self._decoder[0] != cell:
-                self._decoder = (
-                    cell,
-                    _SequentialDecoder(
-                        paths,
-                        size=self.image_size,
-                        num_workers=self.num_workers,
-                        chunk=self.decode_chunk,
-                    ),
-                )
-            images = self._decoder[1].read(rows.start, rows.stop)
-            if images is not None:
-                return images
-        return decode_files([paths[i] for i in indices.tolist()], size=self.image_size)
+        # One reader per cell: its threads decode the cell's next images while the runner
+        # evaluates this batch (robustbench_bn.data.jpeg).
+        if self._reader is None or self._reader[0] != cell:
+            if self._reader is not None:
+                self._reader[1].close()
+            reader = JpegFiles(
+                paths,
+                size=self.image_size,
+                threads=self.num_workers,
+                device=self.decode_device,
+            )
+            self._reader = (cell, reader)
+        return self._reader[1].read(indices.tolist())
 
     def load(self, cell: Cell, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if cell.corruption == CLEAN:
@@ -468,11 +426,11 @@ class ImageTreeCorrupted:
 
 def imagenet_c(**options: Any) -> ImageTreeCorrupted:
     """Hydra entry point for ``dataset=imagenet_c``; the options are
-    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir, num_workers, ...)."""
+    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir, num_workers, decode_device, ...)."""
     return ImageTreeCorrupted(name="imagenet_c", **options)
 
 
 def tiny_imagenet_c(**options: Any) -> ImageTreeCorrupted:
     """Hydra entry point for ``dataset=tiny_imagenet_c``; the options are
-    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir, num_workers, ...)."""
+    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir, num_workers, decode_device, ...)."""
     return ImageTreeCorrupted(name="tiny_imagenet_c", **options)

@@ -83,7 +83,9 @@ def find_rows_files(paths: Iterable[str | Path]) -> list[Path]:
     paths = [Path(path) for path in paths]
     found: dict[Path, Path] = {}
     for path in paths:
-        if path.is_file() and path.name == ROWS_FILE:
+        if path.is_file() and (path.name == ROWS_FILE or path.suffix.lower() == ".csv"):
+            # Any CSV in the row schema: a job's rows.csv, a committed table, a frame that
+            # evaluate() returned and the user saved.
             candidates = [path]
         elif path.is_dir():
             # A report written inside a sweep folder holds a copy of every row (beside its
@@ -95,7 +97,7 @@ def find_rows_files(paths: Iterable[str | Path]) -> list[Path]:
             ]
         else:
             raise ConfigurationError(
-                f"{path} is neither a job folder, a multirun folder nor a {ROWS_FILE} file."
+                f"{path} is neither a job folder, a multirun folder nor a CSV file of rows."
             )
         # A multirun folder and one of its job folders may both be named; read each file once.
         for candidate in candidates:
@@ -137,8 +139,11 @@ def read_rows_file(path: Path) -> pd.DataFrame:
     frame["finetune"] = frame.get("finetune", pd.Series("none", index=frame.index)).fillna("none")
     frame["method_params"] = frame.get("method_params", pd.Series("{}", index=frame.index))
     frame["method_params"] = frame["method_params"].fillna("{}").map(normalized_params)
-    frame["source_folder"] = str(path.parent)
-    config = _job_config(path.parent)
+    # A job's rows are known by their folder (its job.json adds the model's settings); any
+    # other CSV by its own path, so that two tables in one folder stay two sources.
+    in_job_folder = path.name == ROWS_FILE
+    frame["source_folder"] = str(path.parent if in_job_folder else path)
+    config = _job_config(path.parent) if in_job_folder else {}
     for column, section in CONFIG_COLUMNS.items():
         if column not in frame:
             settings = config.get(section) or {}

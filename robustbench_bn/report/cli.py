@@ -3,6 +3,9 @@
     rbn-report DIR [DIR ...] [--out DIR] [--metric accuracy|error] [--keep error|newest]
     rbn-report compare RUN [RUN ...] REFERENCE [--tol 0.5] [--keep error|newest]
 
+A RUN (or DIR) is a job folder, a multirun folder, or any CSV file in the row schema (a
+committed table such as results/fashion_mnist_c/full_grid.csv, a frame from evaluate()).
+
 The first form reads every rows.csv under the folders and writes, per dataset and model, a
 corruption x severity table per setup, comparison tables (per corruption, per severity,
 overall), a summary (clean error, mean error, mCE and relative mCE where AlexNet's errors are
@@ -108,7 +111,9 @@ def _compare_main(argv: Sequence[str]) -> int:
         prog="rbn-report compare",
         description="Compare a run with a reference CSV, cell by cell (the CI regression guard).",
     )
-    parser.add_argument("run", nargs="+", help="job or multirun folder(s) of the run")
+    parser.add_argument(
+        "run", nargs="+", help="job or multirun folder(s) of the run, or CSV files of its rows"
+    )
     parser.add_argument("reference", help="reference CSV in the suite's long row schema")
     parser.add_argument(
         "--tol", type=float, default=0.5, help="allowed |difference| in accuracy points"
@@ -128,7 +133,9 @@ def _report_main(argv: Sequence[str]) -> int:
         description="Tables (Markdown, CSV, LaTeX) and figures from rbn-run folders. "
         "'rbn-report compare -h' for the regression check.",
     )
-    parser.add_argument("paths", nargs="+", help="job folders, multirun folders, rows.csv files")
+    parser.add_argument(
+        "paths", nargs="+", help="job folders, multirun folders, CSV files in the row schema"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/report"))
     parser.add_argument("--metric", choices=METRICS, default="accuracy")
     parser.add_argument(

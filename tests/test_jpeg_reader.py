@@ -1,0 +1,105 @@
+"""The JPEG-tree decoder (robustbench_bn/data/jpeg.py): the pixels of PIL, any read order, clear
+errors, and nvJPEG on the GPU when there is one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.io as io
+from PIL import Image
+
+from robustbench_bn.data.jpeg import JpegFiles, resolve_decode_device
+from robustbench_bn.data.released import ImageTreeCorrupted
+from robustbench_bn.errors import ConfigurationError
+
+SIZE = 64
+
+
+def textured_jpegs(folder: Path, count: int, *, size: int = SIZE) -> list[Path]:
+    """Noisy gradients saved at quality 85: chroma and detail, so decoders can disagree."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0, 255, size)
+    paths = []
+    for index in range(count):
+        base = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size),
+                            torch.full((size, size), 10.0 * index)])  # fmt: skip
+        noise = torch.randint(-40, 41, (3, size, size), generator=generator)
+        image = (base + noise).clamp(0, 255).to(torch.uint8)
+        path = folder / f"image_{index:03d}.JPEG"
+        path.write_bytes(bytes(io.encode_jpeg(image, quality=85).numpy()))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_cpu_decode_gives_the_pixels_of_pil_in_any_order(tmp_path, threads):
+    paths = textured_jpegs(tmp_path, 12)
+    expected = torch.stack(
+        [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
+    )
+    reader = JpegFiles(paths, size=SIZE, threads=threads, ahead=4)
+    sequential = torch.cat([reader.read(range(start, start + 4)) for start in (0, 4, 8)])
+    assert sequential.dtype == torch.uint8 and torch.equal(sequential, expected)
+    # Random samples (the adaptation methods' draw), a jump back, a repeated index.
+    for indices in ([7, 2, 11], [0, 1], [5, 5, 3]):
+        assert torch.equal(reader.read(indices), expected[indices])
+    reader.close()
+
+
+def test_damaged_files_are_named(tmp_path):
+    paths = textured_jpegs(tmp_path, 3)
+    paths[1].write_bytes(paths[1].read_bytes()[:200])
+    with pytest.raises(ConfigurationError, match=r"image_001.JPEG is truncated"):
+        JpegFiles(paths, size=SIZE, threads=2).read([0, 1, 2])
+    other = textured_jpegs(tmp_path / "big", 1, size=SIZE * 2)
+    with pytest.raises(ConfigurationError, match=r"is 128x128 pixels, expected 64x64"):
+        JpegFiles(other, size=SIZE, threads=0).read([0])
+
+
+def test_decode_device_choices():
+    assert resolve_decode_device("cpu") == "cpu"
+    assert resolve_decode_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigurationError, match="not a device"):
+        resolve_decode_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigurationError, match="no CUDA device"):
+            resolve_decode_device("cuda")
+
+
+def _tree(root: Path, count: int) -> Path:
+    for wnid in ("n01", "n02"):
+        textured_jpegs(root / "fog" / "1" / wnid, count)
+    return root
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG decoding needs a CUDA device")
+def test_gpu_decode_matches_the_cpu_decode_closely(tmp_path):
+    from robustbench_bn.data.benchmark import Cell
+
+    root = _tree(tmp_path / "tree", 6)
+    trees = {
+        device: ImageTreeCorrupted(
+            name="tiny_imagenet_c",
+            root=str(root),
+            num_classes=2,
+            num_workers=2,
+            decode_device=device,
+        )
+        for device in ("cpu", "cuda")
+    }
+    cell = Cell("fog", 1)
+    indices = torch.arange(12)
+    cpu_images, cpu_labels = trees["cpu"].load(cell, indices)
+    gpu_images, gpu_labels = trees["cuda"].load(cell, indices)
+    assert gpu_images.device.type == "cuda" and gpu_images.dtype == torch.uint8
+    assert torch.equal(cpu_labels, gpu_labels)
+    assert trees["cuda"].row_fields()["decode_device"] == "cuda"
+    difference = (gpu_images.cpu().int() - cpu_images.int()).abs()
+    # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by rounding only.
+    print(f"nvJPEG vs libjpeg-turbo: max |diff| {int(difference.max())}, mean "
+          f"{float(difference.float().mean()):.4f} uint8 levels")  # fmt: skip
+    assert float(difference.float().mean()) < 1.0 and int(difference.max()) <= 16
