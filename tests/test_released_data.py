@@ -422,6 +422,8 @@ def test_full_run_on_cifar_corrupted_on_the_fly(tmp_path, compose_config, datase
     cfg = compose_config(
         f"dataset={dataset}_c_on_the_fly",
         "model=resnet20_cifar",
+        # The class-count check refuses a 10-class head on CIFAR-100.
+        f"model.num_classes={100 if dataset == 'cifar100' else 10}",
         f"dataset.data_dir={tmp_path}",
         "dataset.corruptions=[brightness]",
         "dataset.severities=[2]",
