@@ -37,10 +37,16 @@ KNOWN_PROTOCOL_COLUMNS = (
     "data_seed",
     "preprocessing",
     "batch_size",
+    "order",
+    "label_shift_alpha",
+    "stream",
     "reset",
     "precision",
     "seed",
 )
+#: Protocol columns added after rows were first written, with the value every earlier row was
+#: produced under (a gap in label_shift_alpha means the order reads no concentration).
+LATER_PROTOCOL_DEFAULTS = {"order": "sequential", "stream": "cells"}
 #: Columns that describe how or when a number was measured, or the number itself, never what
 #: was measured: two rows that differ only here measure the same cell. channels_last is a
 #: memory layout, the same computation.
@@ -136,6 +142,8 @@ def read_rows_file(path: Path) -> pd.DataFrame:
     frame["severity"] = frame["severity"].astype(int)
     frame["finetune"] = frame.get("finetune", pd.Series("none", index=frame.index)).fillna("none")
     frame["method_params"] = frame.get("method_params", pd.Series("{}", index=frame.index))
+    for column, default in LATER_PROTOCOL_DEFAULTS.items():
+        frame[column] = frame.get(column, pd.Series(default, index=frame.index)).fillna(default)
     frame["method_params"] = frame["method_params"].fillna("{}").map(normalized_params)
     frame["source_folder"] = str(path.parent)
     config = _job_config(path.parent)
