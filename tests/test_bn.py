@@ -213,7 +213,7 @@ def test_batch_statistics_lift_accuracy_under_shift(
     [
         ({"statistics": "running"}, "method.statistics must be one of"),
         ({"prior": -1}, "method.prior"),
-        ({"statistics": "samples", "n_samples": 1}, "method.n_samples"),
+        ({"statistics": "samples", "n_samples": 0}, "method.n_samples"),
         ({"statistics": "samples", "n_samples": 2.5}, "method.n_samples"),
     ],
 )

@@ -99,9 +99,13 @@ class BatchNormAdaptation(Method):
             )
         if math.isnan(prior) or prior < 0:
             raise ConfigurationError(f"method.prior (N) must be >= 0, got {prior}.")
-        if statistics == "samples" and (not isinstance(n_samples, int) or n_samples < 2):
+        # n=1 is the left end of Benz et al.'s accuracy-against-n curve: one image still gives
+        # every channel H*W values (experiment=benz2021_n_samples).
+        if statistics == "samples" and (
+            isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1
+        ):
             raise ConfigurationError(
-                "method.n_samples must be an integer >= 2 for statistics=samples, "
+                "method.n_samples must be an integer >= 1 for statistics=samples, "
                 f"got {n_samples!r}."
             )
         super().__init__(model=model)
