@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -115,7 +116,16 @@ def sweep_table(rows: pd.DataFrame, axis: str, metric: str) -> pd.DataFrame | No
         index="value", columns="line", values=metric, aggfunc="mean", sort=True
     )
     table.columns.name = None
-    return table
+    return table[sorted(table.columns, key=_natural_key)]
+
+
+def _natural_key(text: str) -> list[object]:
+    """ "bn [batch_size=16]" after "bn [batch_size=2]": numbers compare as numbers."""
+    parts = re.split(r"(\d+(?:\.\d+)?|inf)", text)
+    return [
+        (0, float(part), "") if re.fullmatch(r"\d+(?:\.\d+)?|inf", part) else (1, 0.0, part)
+        for part in parts
+    ]
 
 
 def sweep_curves(rows: pd.DataFrame, metric: str, folder: Path, title: str) -> list[str]:
