@@ -105,3 +105,6 @@ def test_rows_without_stream_columns_read_as_sequential_cells(tmp_path):
     # The two orders are two setups, told apart in their labels, never averaged.
     assert rows["label"].nunique() == 2
     assert any("order=label_shift" in label for label in rows["label"])
+    # Against the order: one line, the concentration tied to label_shift, not a line of its own.
+    table = sweeps.sweep_table(rows, "order", "accuracy")
+    assert list(table.columns) == ["bn"] and list(table["bn"]) == [80.0, 40.0]

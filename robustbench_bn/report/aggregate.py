@@ -270,7 +270,7 @@ def _protocol_suffixes(rows: pd.DataFrame, protocol: list[str]) -> pd.Series:
                         f"{section}.{key}={_format_value(settings.get(key))}"
                         for key in shown[column]
                     ]
-                else:
+                elif row[column] != "":  # a setting this setup does not read
                     parts.append(f"{column}={_format_value(row[column])}")
             suffixes[index] = " [" + ", ".join(parts) + "]"
     return suffixes

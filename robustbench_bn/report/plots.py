@@ -200,7 +200,9 @@ def sweep_curve(
     axis.set_xticks(positions)
     axis.set_xticklabels(
         [
-            "inf" if np.isinf(v) else (str(int(v)) if float(v).is_integer() else f"{v:g}")
+            v
+            if isinstance(v, str)
+            else ("inf" if np.isinf(v) else (str(int(v)) if float(v).is_integer() else f"{v:g}"))
             for v in table.index
         ]
     )

@@ -1,5 +1,6 @@
 """Curves against a sweep axis: accuracy against the batch size, against the number of
-adaptation samples n, and against the source prior N, one line per setup.
+adaptation samples n, against the source prior N, and against the stream order (sequential,
+shuffled, label_shift), one line per setup.
 
 A figure is drawn for an axis only when the rows hold at least two values of it, i.e. when a
 sweep varied it (``rbn-run -m runner.batch_size=1,2,4,...`` or the presets
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from robustbench_bn.data.streams import ORDERS
 from robustbench_bn.report.aggregate import (
     CLEAN,
     CONFIG_COLUMNS,
@@ -32,7 +34,13 @@ AXES = {
     "batch_size": ("protocol", "batch_size", "test batch size"),
     "n_samples": ("params", "n_samples", "adaptation samples per cell n"),
     "prior": ("params", "prior", "source prior N (pseudo-samples)"),
+    "order": ("protocol", "order", "test stream order"),
 }
+#: Axes whose values are names, placed in this order (others sort as numbers).
+CATEGORIES = {"order": ORDERS}
+#: Settings that belong to one value of an axis (the concentration to label_shift): no line
+#: of their own on that axis.
+TIED = {"order": ("label_shift_alpha",)}
 #: Protocol columns that never tell two lines apart in a legend (they follow from the others).
 QUIET_COLUMNS = {"subset", "corruption_source", "preprocessing", *CONFIG_COLUMNS}
 
@@ -43,6 +51,9 @@ def axis_values(rows: pd.DataFrame, axis: str) -> pd.Series:
     if where == "protocol":
         if name not in rows:
             return pd.Series(math.nan, index=rows.index)
+        if axis in CATEGORIES:  # the position of the name in its list
+            position = {value: float(i) for i, value in enumerate(CATEGORIES[axis])}
+            return rows[name].map(lambda value: position.get(value, math.nan)).astype(float)
         return pd.to_numeric(rows[name], errors="coerce")
     values = rows["method_params"].map(lambda text: parse_params(text).get(name))
     return pd.to_numeric(values, errors="coerce")
@@ -67,7 +78,11 @@ def line_names(rows: pd.DataFrame, axis: str) -> pd.Series:
     others = params.map(
         lambda p: json.dumps({k: v for k, v in p.items() if k != name}, sort_keys=True)
     )
-    protocol = [c for c in protocol_columns(rows) if c != name and c not in QUIET_COLUMNS]
+    protocol = [
+        c
+        for c in protocol_columns(rows)
+        if c != name and c not in QUIET_COLUMNS and c not in TIED.get(axis, ())
+    ]
     keys = rows[list(SETUP_COLUMNS[:4])].astype(str).agg("|".join, axis=1) + "|" + others
     for column in protocol:
         keys = keys + "|" + rows[column].astype(str)
@@ -137,8 +152,12 @@ def sweep_curves(rows: pd.DataFrame, metric: str, folder: Path, title: str) -> l
         table = sweep_table(rows, axis, metric)
         if table is None:
             continue
+        if axis in CATEGORIES:
+            table.index = [CATEGORIES[axis][int(value)] for value in table.index]
         printed = table.copy()
-        printed.index = [_format(value) for value in printed.index]
+        printed.index = [
+            value if isinstance(value, str) else _format(value) for value in printed.index
+        ]
         markdown = write_all_formats(printed, folder, f"sweep_{axis}", axis)
         plots.sweep_curve(table, axis_title, metric, folder, f"sweep_{axis}", title)
         sections.append(
