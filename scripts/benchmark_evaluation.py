@@ -168,7 +168,7 @@ def measure_orders(arguments) -> None:
 
     from robustbench_bn.data.benchmark import Cell
     from robustbench_bn.data.released import CifarCorrupted
-    from robustbench_bn.data.streams import build_stream, iterate_stream
+    from robustbench_bn.data.streams import build_stream
 
     batch_size, repeats = arguments.batch_size, arguments.repeats
     print(
@@ -228,22 +228,29 @@ def measure_orders(arguments) -> None:
             for order in ORDERS
         }
 
+        array = release._array("gaussian_noise")
+        offset = 4 * per_severity
+        batches = {
+            order: [
+                streams[order].indices[start : start + batch_size]
+                for start in range(0, per_severity, batch_size)
+            ]
+            for order in ORDERS
+        }
+
         def read(order: str):
             def loop() -> None:
-                for _ in iterate_stream(release, streams[order], batch_size):
-                    pass
+                for indices in batches[order]:
+                    release.load(cell, indices)
 
             return loop
 
         def unsorted_gather() -> None:
-            # What a plain fancy index of the map would do, for comparison with the sorted one.
-            array = release._array("gaussian_noise")
-            offset = 4 * per_severity
-            indices = streams["label_shift"].indices
-            for start in range(0, per_severity, batch_size):
-                torch.from_numpy(
-                    array[np.asarray(indices[start : start + batch_size]) + offset]
-                ).permute(0, 3, 1, 2).contiguous()
+            # load() with a plain fancy index of the map instead of the ascending gather.
+            for indices in batches["label_shift"]:
+                block = array[np.asarray(indices) + offset]
+                torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
+                release._labels[indices]
 
         loops = {order: read(order) for order in ORDERS}
         loops["label_shift, unsorted gather"] = unsorted_gather
