@@ -18,10 +18,10 @@ against ``sequential`` in the same process, alternating, best of ``--repeats``:
 * a released CIFAR-C layout: a synthetic ``<corruption>.npy`` (uint8 50,000x32x32x3, random)
   and ``labels.npy`` written to a temporary folder and read through the memory map by
   :class:`~robustbench_bn.data.released.CifarCorrupted`: a whole 10,000-image cell read in
-  batches through ``load`` (and, for comparison, label_shift's batches with a plain unsorted
-  fancy index of the map), then the full evaluation with the source model on its first
-  ``--n-examples`` images. The file was just written, so it is in the page cache: this
-  measures the gather, not the disk.
+  batches through ``load`` (one gathered read per batch; for comparison, label_shift's
+  batches read image by image, as a per-sample Dataset would), then the full evaluation
+  with the source model on its first ``--n-examples`` images. The file was just written, so
+  it is in the page cache: this measures the gather, not the disk.
 
     .venv/bin/python scripts/benchmark_evaluation.py [--methods source bn dmc tent] [--repeats 3]
     .venv/bin/python scripts/benchmark_evaluation.py --orders [--repeats 5]
@@ -247,15 +247,15 @@ def measure_orders(arguments) -> None:
 
             return loop
 
-        def unsorted_gather() -> None:
-            # load() with a plain fancy index of the map instead of the ascending gather.
+        def per_image_reads() -> None:
+            # What a per-sample Dataset does: one read of the map per image.
             for indices in batches["label_shift"]:
-                block = array[np.asarray(indices) + offset]
+                block = np.stack([array[int(index) + offset] for index in indices])
                 torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
                 release._labels[indices]
 
         loops = {order: read(order) for order in ORDERS}
-        loops["label_shift, unsorted gather"] = unsorted_gather
+        loops["label_shift, per-image reads"] = per_image_reads
         seconds = _alternating_best(repeats, loops)
         _print_ratios("released CIFAR-C layout, read only", seconds, per_severity)
         # The evaluation on the first --n-examples images of the cell, as dataset.n_examples.

@@ -235,12 +235,10 @@ class CifarCorrupted:
             # takes for every evaluation batch.
             block = np.array(array[offset + rows.start : offset + rows.stop])
         else:
-            # A shuffled or label-shifted batch: one gather in ascending file order (the map
-            # is read forward, page by page), then put back into the requested order.
-            wanted = np.asarray(indices) + offset
-            ascending = np.argsort(wanted, kind="stable")
-            block = np.empty((len(wanted), *array.shape[1:]), dtype=array.dtype)
-            block[ascending] = array[wanted[ascending]]
+            # A shuffled or label-shifted batch: one gathered read of the map per batch, never
+            # one read per image. Gathering in ascending file order and putting the images back
+            # measured 3x slower on a page-cached file (argsort and a second scatter copy).
+            block = array[np.asarray(indices) + offset]
         # HWC -> CHW, still uint8 (a quarter of float32's bytes to copy to the device); the
         # runner converts to float there. The permuted copy makes it contiguous for conv.
         images = torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
