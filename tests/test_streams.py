@@ -238,3 +238,24 @@ def test_default_stream_settings_keep_the_config_hash_of_earlier_jobs(make_confi
         make_config(*SMALL, "runner.order=label_shift", "runner.label_shift_alpha=5")
     )
     assert config_hash(make_config(*SMALL, "runner.stream=mixed")) != config_hash(default)
+
+
+def test_adaptation_samples_are_the_same_images_in_every_order():
+    from robustbench_bn.data.streams import sample_positions
+
+    benchmark = LabelsOnly(_labels(300))
+    for cells in ([Cell("fog", 5)], [Cell("fog", 5), Cell("contrast", 5)]):
+        drawn = set()
+        for order in ("sequential", "shuffled", "label_shift"):
+            stream = build_stream(benchmark, cells, order=order, label_shift_alpha=0.01, seed=0)
+            positions = sample_positions(stream, 32, seed=0)
+            drawn.add(
+                tuple(
+                    zip(
+                        stream.cell_ids[positions].tolist(),
+                        stream.indices[positions].tolist(),
+                        strict=True,
+                    )
+                )
+            )
+        assert len(drawn) == 1 and len(next(iter(drawn))) == 32

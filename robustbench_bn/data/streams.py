@@ -208,7 +208,15 @@ def sample_positions(stream: Stream, count: int, seed: int) -> torch.Tensor:
         )
     key = str(stream.cells[0]) if len(stream.cells) == 1 else [str(c) for c in stream.cells]
     generator = torch.Generator().manual_seed(int(stable_hash([seed, key], 15), 16))
-    return torch.randperm(len(stream), generator=generator)[:count]
+    # Drawn over the images in stored order (cell after cell), then found in the stream: the
+    # sample is the same images whatever the order, and for one cell in sequential order the
+    # same as before test streams existed.
+    chosen = torch.randperm(len(stream), generator=generator)[:count]
+    offsets = torch.cumsum(torch.tensor([0, *stream.counts()[:-1]]), 0)
+    stored = offsets[stream.cell_ids] + stream.indices
+    position_of = torch.empty_like(stored)
+    position_of[stored] = torch.arange(len(stream))
+    return position_of[chosen]
 
 
 def load_positions(
