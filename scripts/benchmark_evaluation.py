@@ -19,7 +19,8 @@ against ``sequential`` in the same process, alternating, best of ``--repeats``:
   and ``labels.npy`` written to a temporary folder and read through the memory map by
   :class:`~robustbench_bn.data.released.CifarCorrupted`: a whole 10,000-image cell read in
   batches through ``load`` (one gathered read per batch; for comparison, label_shift's
-  batches read image by image, as a per-sample Dataset would), then the full evaluation
+  batches read image by image, as a per-sample Dataset would), the map access alone (best of
+  30, whatever ``--repeats``), then the full evaluation
   with the source model on its first ``--n-examples`` images. The file was just written, so
   it is in the page cache: this measures the gather, not the disk.
 
@@ -258,6 +259,21 @@ def measure_orders(arguments) -> None:
         loops["label_shift, per-image reads"] = per_image_reads
         seconds = _alternating_best(repeats, loops)
         _print_ratios("released CIFAR-C layout, read only", seconds, per_severity)
+
+        def raw(order: str):
+            # The map access alone, as load() does it: a slice or one gathered read per batch.
+            def loop() -> None:
+                for indices in batches[order]:
+                    if order == "sequential":
+                        start = int(indices[0]) + offset
+                        np.array(array[start : start + len(indices)])
+                    else:
+                        array[np.asarray(indices) + offset]
+
+            return loop
+
+        seconds = _alternating_best(30, {order: raw(order) for order in ORDERS})
+        _print_ratios("released CIFAR-C layout, map access", seconds, per_severity)
         # The evaluation on the first --n-examples images of the cell, as dataset.n_examples.
         subset = CifarCorrupted(name="cifar10_c", root=str(root), n_examples=arguments.n_examples)
         seconds = _alternating_best(repeats, {o: evaluation(subset, o) for o in ORDERS})
