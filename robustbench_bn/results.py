@@ -95,10 +95,17 @@ class JobRows:
         return {Cell(str(row["corruption"]), int(row["severity"])) for row in self.rows}
 
     def add(self, row: dict[str, Any]) -> None:
-        cell = Cell(str(row["corruption"]), int(row["severity"]))
-        if cell in self.done():
-            raise RuntimeError(f"cell {cell} is already in {self.path}")
-        self.rows.append(row)
+        self.add_all([row])
+
+    def add_all(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows in one atomic write (a mixed stream's cells are saved together)."""
+        done = self.done()
+        for row in rows:
+            cell = Cell(str(row["corruption"]), int(row["severity"]))
+            if cell in done:
+                raise RuntimeError(f"cell {cell} is already in {self.path}")
+            done.add(cell)
+        self.rows.extend(rows)
         self._write(self.rows)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:

@@ -5,6 +5,11 @@ at each severity) it resets the method to the source state (unless ``runner.rese
 lets the method adapt, evaluates the whole cell, and appends the cell's row to ``rows.csv``
 in the job folder before moving on. Cells already in ``rows.csv`` are skipped, so re-running
 an interrupted job finishes it without redoing or duplicating anything.
+
+The order of a cell's images (``runner.order``) and whether cells share one stream
+(``runner.stream=mixed``: all corruptions of a severity) come from
+:mod:`robustbench_bn.data.streams`; a mixed stream's rows are written together when the
+stream ends, so a resumed job redoes at most the unfinished severity.
 """
 
 from __future__ import annotations
@@ -31,7 +36,16 @@ from robustbench_bn.data.benchmark import (
     CorruptionBenchmark,
     as_float_images,
     check_severity,
-    iterate_cell,
+)
+from robustbench_bn.data.streams import (
+    Stream,
+    build_stream,
+    check_order,
+    check_stream,
+    iterate_stream,
+    load_positions,
+    plan_units,
+    sample_positions,
 )
 from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.methods.base import Method
@@ -58,6 +72,11 @@ def _without_locations(value: Any) -> Any:
     return value
 
 
+#: Stream settings at the values every job had before they existed: left out of the hash then,
+#: so the folders of earlier jobs keep their names and resume.
+DEFAULT_STREAM_SETTINGS = {"order": "sequential", "stream": "cells"}
+
+
 def number_settings(cfg: DictConfig) -> dict[str, Any]:
     """Every setting that can change a number: the config without paths, display and locations."""
     container = {
@@ -67,6 +86,13 @@ def number_settings(cfg: DictConfig) -> dict[str, Any]:
         for key in cfg
         if key not in PRESENTATION_KEYS
     }
+    runner = container.get("runner")
+    if isinstance(runner, dict):
+        if runner.get("order") != "label_shift":
+            runner.pop("label_shift_alpha", None)  # read by label_shift alone
+        for key, default in DEFAULT_STREAM_SETTINGS.items():
+            if runner.get(key) == default:
+                runner.pop(key)
     return _without_locations(container)
 
 
@@ -135,16 +161,6 @@ def plan_cells(cfg: DictConfig, benchmark: CorruptionBenchmark) -> list[Cell]:
     return cells
 
 
-def _sample_indices(cell: Cell, size: int, count: int, seed: int) -> torch.Tensor:
-    if count > size:
-        raise ConfigurationError(
-            f"The method wants {count} samples of each cell but cell {cell} has only {size} "
-            "images; lower method.n_samples or raise dataset.n_examples."
-        )
-    generator = torch.Generator().manual_seed(int(stable_hash([seed, str(cell)], 15), 16))
-    return torch.randperm(size, generator=generator)[:count]
-
-
 @contextlib.contextmanager
 def _precision(device: torch.device, precision: str) -> Iterator[None]:
     dtype = PRECISIONS[precision]
@@ -165,8 +181,39 @@ def evaluate_cell(
     precision: str,
     seed: int,
     channels_last: bool = False,
+    order: str = "sequential",
+    label_shift_alpha: float | None = None,
 ) -> tuple[int, int]:
-    """Adapt (if the method wants samples) and count correct predictions over the whole cell."""
+    """Adapt (if the method wants samples) and count correct predictions over the whole cell,
+    its images in ``order`` (:mod:`robustbench_bn.data.streams`)."""
+    stream = build_stream(
+        benchmark, [cell], order=order, label_shift_alpha=label_shift_alpha, seed=seed
+    )
+    [counts] = evaluate_stream(
+        method,
+        benchmark,
+        stream,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        seed=seed,
+        channels_last=channels_last,
+    )
+    return counts
+
+
+def evaluate_stream(
+    method: Method,
+    benchmark: CorruptionBenchmark,
+    stream: Stream,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    seed: int,
+    channels_last: bool = False,
+) -> list[tuple[int, int]]:
+    """(correct, total) for each of ``stream.cells``, the method seeing the stream in order."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def to_device(images: torch.Tensor) -> torch.Tensor:
@@ -177,34 +224,38 @@ def evaluate_cell(
         return as_float_images(images).contiguous(memory_format=memory_format)
 
     if method.cell_samples:
-        indices = _sample_indices(cell, benchmark.cell_size(cell), method.cell_samples, seed)
-        samples, _ = benchmark.load(cell, indices)
+        positions = sample_positions(stream, method.cell_samples, seed)
+        samples, _ = load_positions(benchmark, stream, positions)
         with _precision(device, precision):
             method.adapt(to_device(samples))
     # Counted on the device and read once at the end: a per-batch .item() would make the host
     # wait for every batch and leave the device idle while the next one loads.
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    cells = len(stream.cells)
+    correct = torch.zeros(cells, dtype=torch.int64, device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
-    total = 0
-    for images, labels in prefetch(iterate_cell(benchmark, cell, batch_size), device):
+    for images, labels, cell_ids in prefetch(iterate_stream(benchmark, stream, batch_size), device):
         with _precision(device, precision):
             logits = method.predict(to_device(images))
         finite &= torch.isfinite(logits).all()
         labels = labels.to(device, non_blocking=True)
-        correct += (logits.argmax(1) == labels).sum()
-        total += int(labels.shape[0])
+        hits = (logits.argmax(1) == labels).long()
+        if cells == 1:
+            correct += hits.sum()
+        else:
+            correct.index_add_(0, cell_ids.to(device, non_blocking=True), hits)
     if not bool(finite):
+        where = stream.cells[0] if cells == 1 else ", ".join(map(str, stream.cells))
         raise FloatingPointError(
-            f"The method produced non-finite logits in cell {cell}; the cell is not written. "
+            f"The method produced non-finite logits in {where}; nothing of it is written. "
             "For tent, lower method.learning_rate; with reduced precision, "
             "use runner.precision=fp32."
         )
-    return int(correct), total
+    return list(zip(correct.tolist(), stream.counts(), strict=True))
 
 
 def prefetch(
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    batches: Iterator[tuple[torch.Tensor, ...]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """On CUDA, a thread loads the next batch, pins it and copies it to the device on a side
     stream while the device computes on this one; the compute stream waits for the copy on the
     device, never on the host. On the CPU, where loading and compute share the same cores,
@@ -223,26 +274,25 @@ def prefetch(
             return None
         # A benchmark that decodes on the GPU (dataset.decode_device=cuda) hands over device
         # tensors: nothing to pin or copy.
-        images, labels = (
+        pinned = [
             tensor.pin_memory() if tensor.device.type == "cpu" else tensor for tensor in batch
-        )
+        ]
         with torch.cuda.stream(copy_stream):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+            tensors = [tensor.to(device, non_blocking=True) for tensor in pinned]
             copied = torch.cuda.Event()
             copied.record(copy_stream)
-        return images, labels, copied
+        return tensors, copied
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(next_on_device)
         while (batch := pending.result()) is not None:
             pending = pool.submit(next_on_device)
-            images, labels, copied = batch
+            tensors, copied = batch
             compute_stream.wait_event(copied)
             # Memory made on the copy stream is in use on the compute stream until it is done.
-            images.record_stream(compute_stream)
-            labels.record_stream(compute_stream)
-            yield images, labels
+            for tensor in tensors:
+                tensor.record_stream(compute_stream)
+            yield tuple(tensors)
 
 
 def run(cfg: DictConfig, *, model: torch.nn.Module | None = None) -> pd.DataFrame:
@@ -274,6 +324,8 @@ def run(cfg: DictConfig, *, model: torch.nn.Module | None = None) -> pd.DataFram
         )
     if int(runner.batch_size) < 1:
         raise ConfigurationError(f"runner.batch_size must be >= 1, got {runner.batch_size}.")
+    check_order(_order(runner), _label_shift_alpha(runner))
+    check_stream(_stream(runner))
     torch.manual_seed(int(cfg.seed))
     device = _resolve_device(str(runner.device))
     job_hash = config_hash(cfg)
@@ -306,6 +358,19 @@ def run(cfg: DictConfig, *, model: torch.nn.Module | None = None) -> pd.DataFram
     frame = rows.frame()
     _write_tables(frame, output_dir, print_table=bool(cfg.display.print_table))
     return frame
+
+
+def _order(runner: DictConfig) -> str:
+    return str(runner.get("order", "sequential"))
+
+
+def _stream(runner: DictConfig) -> str:
+    return str(runner.get("stream", "cells"))
+
+
+def _label_shift_alpha(runner: DictConfig) -> float | None:
+    """The Dirichlet concentration, or None when the order does not use one."""
+    return runner.get("label_shift_alpha") if _order(runner) == "label_shift" else None
 
 
 def _build_method(
@@ -362,6 +427,9 @@ def _evaluate_remaining(
         **benchmark.row_fields(),
         "preprocessing": getattr(method.model, "preprocessing", "unknown"),
         "batch_size": int(runner.batch_size),
+        "order": _order(runner),
+        "label_shift_alpha": _label_shift_alpha(runner),
+        "stream": _stream(runner),
         "reset": runner.reset,
         "precision": runner.precision,
         "channels_last": bool(runner.channels_last),
@@ -377,45 +445,74 @@ def _evaluate_remaining(
             "A continual run cannot resume mid-sequence: the adapted state of the finished "
             f"cells is gone. Delete {rows.path} to start the sequence again."
         )
+    units = plan_units(cells, _stream(runner))
+    _check_mixed_resume(units, rows)
     method.reset()
     progress = tqdm(
-        cells,
+        total=len(cells),
         desc=f"{cfg.method.name} on {cfg.dataset.name}",
         unit="cell",
         disable=not cfg.display.progress,
     )
+    stream_settings = {
+        "order": _order(runner),
+        "label_shift_alpha": _label_shift_alpha(runner),
+        "seed": int(cfg.seed),
+    }
+    evaluation_settings = {
+        "batch_size": int(runner.batch_size),
+        "device": device,
+        "precision": runner.precision,
+        "seed": int(cfg.seed),
+        "channels_last": bool(runner.channels_last),
+    }
     try:
-        for cell in progress:
+        for unit in units:
             if runner.reset == "per_cell":
-                method.reset()
+                method.reset()  # per stream: once per severity when the cells are mixed
             started = time.perf_counter()
-            correct, total = evaluate_cell(
-                method,
-                benchmark,
-                cell,
-                batch_size=int(runner.batch_size),
-                device=device,
-                precision=runner.precision,
-                seed=int(cfg.seed),
-                channels_last=bool(runner.channels_last),
-            )
+            if len(unit) == 1:
+                counts = [
+                    evaluate_cell(
+                        method,
+                        benchmark,
+                        unit[0],
+                        order=stream_settings["order"],
+                        label_shift_alpha=stream_settings["label_shift_alpha"],
+                        **evaluation_settings,
+                    )
+                ]
+            else:
+                stream = build_stream(benchmark, unit, **stream_settings)
+                counts = evaluate_stream(method, benchmark, stream, **evaluation_settings)
             seconds = time.perf_counter() - started
-            accuracy = 100.0 * correct / total
-            rows.add(
-                {
-                    **shared_fields,
-                    "corruption": cell.corruption,
-                    "severity": cell.severity,
-                    "n": total,
-                    "correct": correct,
-                    "accuracy": round(accuracy, 4),
-                    "error": round(100.0 - accuracy, 4),
-                    "seconds": round(seconds, 3),
-                    "images_per_second": round(total / seconds, 1),
-                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-            )
-            progress.set_postfix(cell=str(cell), accuracy=f"{accuracy:.1f}")
+            finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            images = sum(total for _, total in counts)
+            new_rows = []
+            for cell, (correct, total) in zip(unit, counts, strict=True):
+                accuracy = 100.0 * correct / total
+                # A mixed stream's time is shared out by each cell's part of its images.
+                cell_seconds = seconds * total / images
+                new_rows.append(
+                    {
+                        **shared_fields,
+                        "corruption": cell.corruption,
+                        "severity": cell.severity,
+                        "n": total,
+                        "correct": correct,
+                        "accuracy": round(accuracy, 4),
+                        "error": round(100.0 - accuracy, 4),
+                        "seconds": round(cell_seconds, 3),
+                        "images_per_second": round(total / cell_seconds, 1),
+                        "finished_at": finished_at,
+                    }
+                )
+            # One write per stream: a mixed severity is saved whole or not at all.
+            rows.add_all(new_rows)
+            progress.update(len(unit))
+            unit_accuracy = 100.0 * sum(correct for correct, _ in counts) / images
+            name = str(unit[0]) if len(unit) == 1 else f"mixed severity {unit[0].severity}"
+            progress.set_postfix(cell=name, accuracy=f"{unit_accuracy:.1f}")
     except KeyboardInterrupt:
         log.warning(
             "Interrupted: %d finished cells are saved in %s; run the same command to resume.",
@@ -425,6 +522,24 @@ def _evaluate_remaining(
         raise
     finally:
         progress.close()
+
+
+def _check_mixed_resume(units: list[list[Cell]], rows: JobRows) -> None:
+    """A mixed stream is saved whole, so a severity with only some cells done was not written
+    by this job's stream: refuse rather than mix two streams' numbers."""
+    done = rows.done()
+    for unit in units:
+        if len(unit) < 2:
+            continue
+        severity = unit[0].severity
+        finished = sorted(str(c) for c in done if not c.is_clean and c.severity == severity)
+        if finished:
+            raise ConfigurationError(
+                f"{rows.path} holds {', '.join(finished)} but not the rest of the mixed stream "
+                f"of severity {severity}: a mixed stream adapts across all its cells, so it "
+                f"cannot be resumed part-way. Delete those rows (or {rows.path}) to redo "
+                f"severity {severity}."
+            )
 
 
 def _write_tables(frame: pd.DataFrame, output_dir: Path, *, print_table: bool) -> None:

@@ -10,7 +10,22 @@ cell already in memory, so corruption cost is excluded):
 
 The overhead of the suite is ``suite / bare method``; the goal is at most 10%.
 
+``--orders`` measures instead what a test stream costs (runner.order, issue 20), each order
+against ``sequential`` in the same process, alternating, best of ``--repeats``:
+
+* the embedded default: :func:`evaluate_cell` with the source model on a corrupted cell held
+  in memory, ``order=shuffled`` and ``order=label_shift`` against ``sequential``;
+* a released CIFAR-C layout: a synthetic ``<corruption>.npy`` (uint8 50,000x32x32x3, random)
+  and ``labels.npy`` written to a temporary folder and read through the memory map by
+  :class:`~robustbench_bn.data.released.CifarCorrupted`: a whole 10,000-image cell read in
+  batches through ``load`` (one gathered read per batch; for comparison, label_shift's
+  batches read image by image, as a per-sample Dataset would), the map access alone (best of
+  30, whatever ``--repeats``), then the full evaluation
+  with the source model on its first ``--n-examples`` images. The file was just written, so
+  it is in the page cache: this measures the gather, not the disk.
+
     .venv/bin/python scripts/benchmark_evaluation.py [--methods source bn dmc tent] [--repeats 3]
+    .venv/bin/python scripts/benchmark_evaluation.py --orders [--repeats 5]
 """
 
 from __future__ import annotations
@@ -43,7 +58,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache-dir", default=".cache/robustbench_bn")
+    parser.add_argument(
+        "--orders", action="store_true", help="label_shift/shuffled against sequential"
+    )
     arguments = parser.parse_args()
+    if arguments.orders:
+        measure_orders(arguments)
+        return
     available = {
         path.stem for path in Path(robustbench_bn.run.__file__).parent.glob("conf/method/*.yaml")
     }
@@ -117,6 +138,146 @@ def measure(cfg, batch_size: int, repeats: int, cache_dir: str) -> tuple[float, 
         _best_of(repeats, bare_method),
         _best_of(repeats, suite),
     )
+
+
+ORDERS = ("sequential", "shuffled", "label_shift")
+
+
+def _alternating_best(repeats: int, loops: dict[str, object]) -> dict[str, float]:
+    """Best time of each loop, the loops taking turns so that load from other processes on a
+    shared machine falls on all of them alike."""
+    best = dict.fromkeys(loops, float("inf"))
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            started = time.perf_counter()
+            loop()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
+def _print_ratios(title: str, seconds: dict[str, float], images: int) -> None:
+    baseline = seconds["sequential"]
+    for name, value in seconds.items():
+        print(
+            f"  {title:34} {name:12} {images / value:9.0f} images/s   "
+            f"{value / baseline:5.3f}x sequential's time"
+        )
+
+
+def measure_orders(arguments) -> None:
+    import tempfile
+
+    import numpy as np
+
+    from robustbench_bn.data.benchmark import Cell
+    from robustbench_bn.data.released import CifarCorrupted
+    from robustbench_bn.data.streams import build_stream
+
+    batch_size, repeats = arguments.batch_size, arguments.repeats
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}, "
+        f"best of {repeats}, orders alternating in one process"
+    )
+    with initialize_config_module(config_module="robustbench_bn.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                f"paths.cache_dir={arguments.cache_dir}",
+                f"dataset.n_examples={arguments.n_examples}",
+                "display.progress=false",
+            ],
+        )
+    benchmark = instantiate(_builder_arguments(cfg.dataset))
+    model = instantiate(_builder_arguments(cfg.model)).eval()
+    method = instantiate(_builder_arguments(cfg.method), _partial_=True)(model=model)
+    cell = Cell("gaussian_noise", 5)
+    benchmark.load(cell, torch.arange(2))  # corrupt (or read from the cache) once, untimed
+
+    def evaluation(source, order: str):
+        def loop() -> None:
+            evaluate_cell(
+                method,
+                source,
+                cell,
+                batch_size=batch_size,
+                device=torch.device("cpu"),
+                precision="fp32",
+                seed=0,
+                order=order,
+                label_shift_alpha=0.01,
+            )
+
+        return loop
+
+    seconds = _alternating_best(repeats, {o: evaluation(benchmark, o) for o in ORDERS})
+    _print_ratios("embedded default, source evaluation", seconds, arguments.n_examples)
+
+    per_severity = 10_000
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "CIFAR-10-C"
+        root.mkdir()
+        generator = np.random.default_rng(0)
+        np.save(
+            root / "labels.npy",
+            np.tile(generator.integers(0, 10, per_severity), 5).astype(np.uint8),
+        )
+        np.save(
+            root / "gaussian_noise.npy",
+            generator.integers(0, 256, (5 * per_severity, 32, 32, 3), dtype=np.uint8),
+        )
+        release = CifarCorrupted(name="cifar10_c", root=str(root))
+        streams = {
+            order: build_stream(release, [cell], order=order, label_shift_alpha=0.01, seed=0)
+            for order in ORDERS
+        }
+
+        array = release._array("gaussian_noise")
+        offset = 4 * per_severity
+        batches = {
+            order: [
+                streams[order].indices[start : start + batch_size]
+                for start in range(0, per_severity, batch_size)
+            ]
+            for order in ORDERS
+        }
+
+        def read(order: str):
+            def loop() -> None:
+                for indices in batches[order]:
+                    release.load(cell, indices)
+
+            return loop
+
+        def per_image_reads() -> None:
+            # What a per-sample Dataset does: one read of the map per image.
+            for indices in batches["label_shift"]:
+                block = np.stack([array[int(index) + offset] for index in indices])
+                torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
+                release._labels[indices]
+
+        loops = {order: read(order) for order in ORDERS}
+        loops["label_shift, per-image reads"] = per_image_reads
+        seconds = _alternating_best(repeats, loops)
+        _print_ratios("released CIFAR-C layout, read only", seconds, per_severity)
+
+        def raw(order: str):
+            # The map access alone, as load() does it: a slice or one gathered read per batch.
+            def loop() -> None:
+                for indices in batches[order]:
+                    if order == "sequential":
+                        start = int(indices[0]) + offset
+                        np.array(array[start : start + len(indices)])
+                    else:
+                        array[np.asarray(indices) + offset]
+
+            return loop
+
+        seconds = _alternating_best(30, {order: raw(order) for order in ORDERS})
+        _print_ratios("released CIFAR-C layout, map access", seconds, per_severity)
+        # The evaluation on the first --n-examples images of the cell, as dataset.n_examples.
+        subset = CifarCorrupted(name="cifar10_c", root=str(root), n_examples=arguments.n_examples)
+        seconds = _alternating_best(repeats, {o: evaluation(subset, o) for o in ORDERS})
+        _print_ratios("released CIFAR-C layout, evaluation", seconds, arguments.n_examples)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ from robustbench_bn.utils.files import atomic_write, stable_hash
 
 log = logging.getLogger(__name__)
 _CORRUPTION_CHUNK = 512
+#: Corrupted cells kept in memory at once. A mixed stream (runner.stream=mixed) reads all
+#: corruptions of a severity batch by batch; on the embedded default (2,000 images, 3 KB each)
+#: 15 cells are 92 MB. At least the newest cell is always kept.
+_CELL_MEMORY_BYTES = 1 << 30
 
 
 @cache
@@ -104,13 +109,17 @@ class OnTheFlyCorruptions:
         self._labels = test_set.labels[:n_examples]
         self._cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self._training_loader = training_loader
-        self._current: tuple[Cell, torch.Tensor] | None = None
+        self._in_memory: OrderedDict[Cell, torch.Tensor] = OrderedDict()
 
     def available_corruptions(self) -> tuple[str, ...]:
         return engine.ALL_CORRUPTIONS
 
     def cell_size(self, cell: Cell) -> int:
         return self.n_examples
+
+    def cell_labels(self, cell: Cell) -> torch.Tensor:
+        """Every cell holds the same test images, so the same labels (for test streams)."""
+        return self._labels
 
     def row_fields(self) -> dict[str, Any]:
         return {
@@ -136,13 +145,18 @@ class OnTheFlyCorruptions:
         return cell_images[indices], self._labels[indices]
 
     def _cell_images(self, cell: Cell) -> torch.Tensor:
-        if self._current is not None and self._current[0] == cell:
-            return self._current[1]
+        if cell in self._in_memory:
+            self._in_memory.move_to_end(cell)
+            return self._in_memory[cell]
         if cell.corruption == CLEAN:
             images = self._clean_images
         else:
             images = self._load_or_corrupt(cell)
-        self._current = (cell, images)
+        self._in_memory[cell] = images
+        while len(self._in_memory) > 1 and (
+            sum(kept.nbytes for kept in self._in_memory.values()) > _CELL_MEMORY_BYTES
+        ):
+            self._in_memory.popitem(last=False)
         return images
 
     def _cache_path(self, cell: Cell) -> Path | None:

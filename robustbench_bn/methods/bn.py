@@ -14,8 +14,13 @@ Implements three published variants behind one class:
 * ``prior=N`` (either mode): mix source and target statistics,
   ``mu = lam*mu_source + (1-lam)*mu_target`` (same for the variance) with
   ``lam = N / (N + n)``, n being the test batch size (batch mode) or ``n_samples``
-  (samples mode). N=0 is full adaptation; a very large N gives back the source model.
+  (samples mode). N=0 is full adaptation; ``prior=inf`` is the source model exactly.
   Schneider et al. 2020.
+
+Batch size 1 works wherever the statistics do not come from the batch alone: ``prior > 0``
+(Schneider et al.'s remedy for small batches) and ``statistics="samples"``. With ``prior=0``
+a single image would be normalized by its own spatial statistics, which is instance
+normalization rather than any of the papers' methods, so it is refused.
 
 In batch mode the target variance is the biased batch variance, so N=0 is exactly train-mode
 BN; in samples mode it is the unbiased variance that PyTorch's running statistics keep.
@@ -23,6 +28,7 @@ BN; in samples mode it is the unbiased variance that PyTorch's running statistic
 
 from __future__ import annotations
 
+import math
 import types
 from typing import Any
 
@@ -36,19 +42,38 @@ from robustbench_bn.methods.base import Method, batch_norm_layers
 STATISTICS_MODES = ("batch", "samples")
 
 
+def _source_weight(prior: float, count: int) -> float:
+    """lambda = N / (N + n); 1 for N = inf (inf / inf would be nan)."""
+    return 1.0 if math.isinf(prior) else prior / (prior + count)
+
+
 def _mixed_statistics_forward(prior: float):
     """A BatchNorm2d forward that mixes the layer's running statistics with the batch's."""
 
     def forward(layer: nn.BatchNorm2d, inputs: torch.Tensor) -> torch.Tensor:
         batch_size = inputs.shape[0]
-        if batch_size < 2:
-            raise ConfigurationError(
-                "BN adaptation with test-batch statistics needs at least 2 images per batch, "
-                "got a batch of 1. Raise runner.batch_size or use method.statistics=samples."
-            )
         if prior == 0:
+            if batch_size < 2:
+                raise ConfigurationError(
+                    "method=bn with method.prior=0 normalizes with test-batch statistics alone "
+                    "and needs at least 2 images per batch, got 1. For batch size 1 mix in the "
+                    "source statistics (method.prior=16, Schneider et al. 2020) or use "
+                    "method.statistics=samples; or raise runner.batch_size (the last batch of "
+                    "a cell has 1 image when dataset.n_examples % runner.batch_size == 1)."
+                )
             return F.batch_norm(inputs, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
-        weight = prior / (prior + batch_size)
+        weight = _source_weight(prior, batch_size)
+        if weight == 1.0:
+            return F.batch_norm(
+                inputs,
+                layer.running_mean,
+                layer.running_var,
+                layer.weight,
+                layer.bias,
+                False,
+                0.0,
+                layer.eps,
+            )
         batch_variance, batch_mean = torch.var_mean(inputs, dim=(0, 2, 3), correction=0)
         mean = weight * layer.running_mean + (1 - weight) * batch_mean
         variance = weight * layer.running_var + (1 - weight) * batch_variance
@@ -72,11 +97,15 @@ class BatchNormAdaptation(Method):
             raise ConfigurationError(
                 f"method.statistics must be one of {STATISTICS_MODES}, got {statistics!r}."
             )
-        if prior < 0:
+        if math.isnan(prior) or prior < 0:
             raise ConfigurationError(f"method.prior (N) must be >= 0, got {prior}.")
-        if statistics == "samples" and (not isinstance(n_samples, int) or n_samples < 2):
+        # n=1 is the left end of Benz et al.'s accuracy-against-n curve: one image still gives
+        # every channel H*W values (experiment=benz2021_n_samples).
+        if statistics == "samples" and (
+            isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1
+        ):
             raise ConfigurationError(
-                "method.n_samples must be an integer >= 2 for statistics=samples, "
+                "method.n_samples must be an integer >= 1 for statistics=samples, "
                 f"got {n_samples!r}."
             )
         super().__init__(model=model)
@@ -106,7 +135,7 @@ class BatchNormAdaptation(Method):
             layer.train()
         with torch.no_grad():
             self.model(samples)
-        weight = self.prior / (self.prior + samples.shape[0])
+        weight = _source_weight(self.prior, samples.shape[0])
         for layer, momentum, (source_mean, source_variance) in zip(
             self.layers, momenta, source_statistics, strict=True
         ):

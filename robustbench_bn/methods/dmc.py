@@ -479,6 +479,15 @@ class DistributionMismatchCorrection(Method):
                 "cache_dir=...) before predict (the runner does this for methods with "
                 "needs_training_data)."
             )
+        if self.scope == "batch" and images.shape[0] < 2:
+            # One image's batch-scope ranks are its own per-image ranks: the row would claim a
+            # batch-level correction that never happened.
+            raise ConfigurationError(
+                "dmc with method.scope=batch ranks activations over a batch and needs at least "
+                "2 images per batch, got 1. Use method.scope=sample (per-image correction, "
+                "which works with runner.batch_size=1) or raise runner.batch_size (the last "
+                "batch of a cell has 1 image when dataset.n_examples % runner.batch_size == 1)."
+            )
         return super().predict(images)
 
     def row_fields(self) -> dict[str, Any]:

@@ -37,10 +37,16 @@ KNOWN_PROTOCOL_COLUMNS = (
     "data_seed",
     "preprocessing",
     "batch_size",
+    "order",
+    "label_shift_alpha",
+    "stream",
     "reset",
     "precision",
     "seed",
 )
+#: Protocol columns added after rows were first written, with the value every earlier row was
+#: produced under (a gap in label_shift_alpha means the order reads no concentration).
+LATER_PROTOCOL_DEFAULTS = {"order": "sequential", "stream": "cells"}
 #: Columns that describe how or when a number was measured, or the number itself, never what
 #: was measured: two rows that differ only here measure the same cell. channels_last is a
 #: memory layout, the same computation.
@@ -138,6 +144,8 @@ def read_rows_file(path: Path) -> pd.DataFrame:
     frame["severity"] = frame["severity"].astype(int)
     frame["finetune"] = frame.get("finetune", pd.Series("none", index=frame.index)).fillna("none")
     frame["method_params"] = frame.get("method_params", pd.Series("{}", index=frame.index))
+    for column, default in LATER_PROTOCOL_DEFAULTS.items():
+        frame[column] = frame.get(column, pd.Series(default, index=frame.index)).fillna(default)
     frame["method_params"] = frame["method_params"].fillna("{}").map(normalized_params)
     # A job's rows are known by their folder (its job.json adds the model's settings); any
     # other CSV by its own path, so that two tables in one folder stay two sources.
@@ -267,7 +275,7 @@ def _protocol_suffixes(rows: pd.DataFrame, protocol: list[str]) -> pd.Series:
                         f"{section}.{key}={_format_value(settings.get(key))}"
                         for key in shown[column]
                     ]
-                else:
+                elif row[column] != "":  # a setting this setup does not read
                     parts.append(f"{column}={_format_value(row[column])}")
             suffixes[index] = " [" + ", ".join(parts) + "]"
     return suffixes

@@ -9,8 +9,10 @@ committed table such as results/fashion_mnist_c/full_grid.csv, a frame from eval
 The first form reads every rows.csv under the folders and writes, per dataset and model, a
 corruption x severity table per setup, comparison tables (per corruption, per severity,
 overall), a summary (clean error, mean error, mCE and relative mCE where AlexNet's errors are
-declared) as Markdown, CSV and LaTeX, and the figures as PNG and PDF. The second compares a
-run with a reference CSV cell by cell and exits 1 when a cell moved or is missing.
+declared) as Markdown, CSV and LaTeX, and the figures as PNG and PDF; when a sweep varied
+the batch size, n or N, also the metric against it (:mod:`robustbench_bn.report.sweeps`).
+The second compares a run with a reference CSV cell by cell and exits 1 when a cell moved
+or is missing.
 Exit status 2 means bad input (no rows, duplicated cells, unreadable files).
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustbench_bn.errors import ConfigurationError
-from robustbench_bn.report import aggregate, formats, mce, plots
+from robustbench_bn.report import aggregate, formats, mce, plots, sweeps
 
 METRICS = ("accuracy", "error")
 
@@ -96,6 +98,7 @@ def build_report(
                     "fine-tune, plus at least one other setup."
                 )
             plots.per_corruption_curves(group, metric, folder, title)
+            summary.extend(sweeps.sweep_curves(group, metric, folder, title))
         summary.extend(f"note: {note}\n" for note in notes)
         summary.append(f"tables and figures: {folder}\n")
     text = "\n".join(summary)

@@ -24,6 +24,7 @@ import pandas as pd
 from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.report.aggregate import (
     KNOWN_PROTOCOL_COLUMNS,
+    LATER_PROTOCOL_DEFAULTS,
     canonical_value,
     load_rows,
     parse_params,
@@ -102,6 +103,11 @@ def read_reference(path: str | Path) -> pd.DataFrame:
         reference["method_params"] = reference["method_params"].fillna("{}")
     if "finetune" in reference:
         reference["finetune"] = reference["finetune"].fillna("none")
+    # A table without stream columns (published numbers, earlier baselines) was measured the
+    # way every job ran before they existed: each cell alone, in stored order.
+    for column, default in LATER_PROTOCOL_DEFAULTS.items():
+        reference[column] = reference.get(column, pd.Series(default, index=reference.index))
+        reference[column] = reference[column].fillna(default)
     return reference
 
 

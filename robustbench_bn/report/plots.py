@@ -175,3 +175,40 @@ def per_corruption_curves(rows: pd.DataFrame, metric: str, folder: Path, title: 
     figure.tight_layout()
     figure.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _save(figure, folder, "per_corruption_curves")
+
+
+def sweep_curve(
+    table: pd.DataFrame, axis_title: str, metric: str, folder: Path, stem: str, title: str
+) -> list[Path]:
+    """``metric`` against a swept setting (rows: its values, columns: lines), values at even
+    steps in sorted order (see :mod:`robustbench_bn.report.sweeps`)."""
+    labels = list(table.columns)
+    colours = _colours(labels)
+    positions = np.arange(len(table.index))
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for label in labels:
+        values = table[label]
+        present = values.notna().to_numpy()
+        axis.plot(
+            positions[present],
+            values.to_numpy()[present],
+            marker="o",
+            linestyle=_style(label),
+            color=colours[label],
+            label=_wrapped(label),
+        )
+    axis.set_xticks(positions)
+    axis.set_xticklabels(
+        [
+            v
+            if isinstance(v, str)
+            else ("inf" if np.isinf(v) else (str(int(v)) if float(v).is_integer() else f"{v:g}"))
+            for v in table.index
+        ]
+    )
+    axis.set_xlabel(axis_title)
+    axis.set_ylabel(f"{metric} (%), mean over corrupted cells")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return _save(figure, folder, stem)
