@@ -3,7 +3,7 @@
 import os
 import sys
 
-__version__ = "0.1.0"
+from robustbench_bn.version import __version__
 
 # OpenMP's threads wait for work passively (asleep) unless the user chose otherwise. By
 # default they spin for a while after each of torch's parallel operations, and on a machine
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__all__ = ["evaluate"]
+__all__ = ["__version__", "evaluate"]
 
 
 def __getattr__(name: str):

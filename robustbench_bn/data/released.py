@@ -439,11 +439,13 @@ class ImageTreeCorrupted:
 
 def imagenet_c(**options: Any) -> ImageTreeCorrupted:
     """Hydra entry point for ``dataset=imagenet_c``; the options are
-    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir, num_workers, decode_device, ...)."""
+    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir,
+    num_workers, decode_device, ...)."""
     return ImageTreeCorrupted(name="imagenet_c", **options)
 
 
 def tiny_imagenet_c(**options: Any) -> ImageTreeCorrupted:
     """Hydra entry point for ``dataset=tiny_imagenet_c``; the options are
-    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir, num_workers, decode_device, ...)."""
+    :class:`ImageTreeCorrupted`'s (root, subset, clean_dir, train_dir,
+    num_workers, decode_device, ...)."""
     return ImageTreeCorrupted(name="tiny_imagenet_c", **options)

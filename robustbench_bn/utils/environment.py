@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-import robustbench_bn
+from robustbench_bn.version import __version__
 
 
 @cache
 def git_revision() -> str:
     """The suite's git commit (with ``+dirty`` for uncommitted changes), or ``unknown``."""
-    folder = Path(robustbench_bn.__file__).resolve().parent
+    folder = Path(__file__).resolve().parents[1]
     try:
         revision = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
@@ -51,7 +51,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     import torchvision
 
     return {
-        "robustbench_bn": robustbench_bn.__version__,
+        "robustbench_bn": __version__,
         "git_revision": git_revision(),
         "python": platform.python_version(),
         "torch": torch.__version__,
