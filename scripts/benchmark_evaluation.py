@@ -10,7 +10,7 @@ cell already in memory, so corruption cost is excluded):
 
 The overhead of the suite is ``suite / bare method``; the goal is at most 10%.
 
-    .venv/bin/python scripts/benchmark_evaluation.py [--methods source bn dmc tent] [--repeats 3]
+    .venv/bin/python scripts/benchmark_evaluation.py [--methods source bn dmc tent eata sar lame dua] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ def _best_of(repeats: int, loop) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["source", "bn", "dmc", "tent"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["source", "bn", "dmc", "tent", "eata", "sar", "lame", "dua"],
+    )
     parser.add_argument("--n-examples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)

@@ -3,13 +3,17 @@ parameters in every row, and in the embedded default's grid preset."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import robustbench_bn
+from robustbench_bn.methods.eata import EfficientAntiForgetting
+from robustbench_bn.methods.sar import SharpnessAwareReliable
 from robustbench_bn.runner import run
 
 SMALL = [
@@ -58,3 +62,24 @@ def test_the_grid_preset_has_every_method():
         "lame",
         "dua",
     ]
+
+
+@pytest.mark.parametrize("method", ["eata", "sar"])
+def test_training_methods_keep_float32_parameters_under_autocast(
+    quick_model, fashion_images, method
+):
+    model = copy.deepcopy(quick_model).eval()
+    build = {"eata": EfficientAntiForgetting, "sar": SharpnessAwareReliable}[method]
+    options = {"fisher_alpha": 0.0} if method == "eata" else {}
+    adapter = build(model=model, learning_rate=0.01, **options)
+    before = [parameter.detach().clone() for parameter in adapter.trainable]
+    images = (fashion_images[0][:64] * 0.5 + 0.3).clamp(0, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for batch in images.split(32):
+            logits = adapter.predict(batch)
+    assert torch.isfinite(logits).all()
+    assert all(parameter.dtype == torch.float32 for parameter in adapter.trainable)
+    assert any(
+        not torch.equal(parameter, old)
+        for parameter, old in zip(adapter.trainable, before, strict=True)
+    )
