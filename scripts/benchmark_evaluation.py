@@ -10,7 +10,7 @@ cell already in memory, so corruption cost is excluded):
 
 The overhead of the suite is ``suite / bare method``; the goal is at most 10%.
 
-    .venv/bin/python scripts/benchmark_evaluation.py [--methods source bn dmc tent eata sar lame dua] [--repeats 3]
+    .venv/bin/python scripts/benchmark_evaluation.py [--methods source bn ... dua] [--repeats 3]
 """
 
 from __future__ import annotations
