@@ -24,7 +24,7 @@ against ``sequential`` in the same process, alternating, best of ``--repeats``:
   with the source model on its first ``--n-examples`` images. The file was just written, so
   it is in the page cache: this measures the gather, not the disk.
 
-    .venv/bin/python scripts/benchmark_evaluation.py [--methods source bn dmc tent] [--repeats 3]
+    .venv/bin/python scripts/benchmark_evaluation.py [--methods source bn ... dua] [--repeats 3]
     .venv/bin/python scripts/benchmark_evaluation.py --orders [--repeats 5]
 """
 
@@ -53,7 +53,11 @@ def _best_of(repeats: int, loop) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["source", "bn", "dmc", "tent"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["source", "bn", "dmc", "tent", "eata", "sar", "lame", "dua"],
+    )
     parser.add_argument("--n-examples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
