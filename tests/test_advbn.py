@@ -80,7 +80,8 @@ def test_attack_runs_in_eval_mode_and_leaves_running_statistics_alone(quick_mode
         ("layer9", "names no module of SmallResNet; valid split points: .*stages.0"),
         ("stem.0", "does not end in a ReLU"),
         ("stages.2", "no BatchNorm2d layer follows it"),
-        ("head", "it is the last block"),
+        ("head", "it is the last module"),
+        ("stages.0.0.relu", "called 2 times in the forward"),
     ],
 )
 def test_invalid_split_points_say_why_and_list_the_valid_ones(
@@ -88,11 +89,11 @@ def test_invalid_split_points_say_why_and_list_the_valid_ones(
 ):
     with pytest.raises(ConfigurationError, match=message) as error:
         _finetune(quick_model, fashion_images, tmp_path, split_after=split_after)
-    assert "stages.0, stages.1, stem" in str(error.value)
+    assert "stem.2, stem, stages.0.0, stages.0, stages.1.0, stages.1." in str(error.value)
     assert not (tmp_path / "finetune").exists() or not any((tmp_path / "finetune").glob("*.pt"))
 
 
-def test_network_that_is_not_a_chain_of_its_blocks_is_refused(fashion_images, tmp_path):
+def test_a_skip_connection_around_the_split_point_is_refused(fashion_images, tmp_path):
     class Residual(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -102,20 +103,135 @@ def test_network_that_is_not_a_chain_of_its_blocks_is_refused(fashion_images, tm
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.body(self.stem(x)) + x
 
-    with pytest.raises(ConfigurationError, match="not the composition of its top-level blocks"):
+    with pytest.raises(ConfigurationError, match="also reads the network's input") as error:
         _finetune(Residual(), fashion_images, tmp_path)
+    assert "valid split points: none" in str(error.value).lower()
 
 
-def test_zoo_model_with_functional_forward_is_refused(fashion_images, tmp_path):
-    from robustbench_bn.models.cifar_resnet import resnet20
+def test_a_network_fx_cannot_trace_is_refused_clearly(fashion_images, tmp_path):
+    class ValueDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.body = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.Flatten())
 
-    with pytest.raises(ConfigurationError, match="Use a model built as a chain of blocks"):
-        _finetune(resnet20(), fashion_images, tmp_path, split_after="layer1")
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.stem(x)
+            return self.body(features) if features.sum() > 0 else features.flatten(1)
+
+    with pytest.raises(ConfigurationError, match="torch.fx cannot trace its forward"):
+        _finetune(ValueDependent(), fashion_images, tmp_path)
+
+
+def _zoo(architecture: str) -> nn.Module:
+    """A zoo architecture with random weights; ImageNet nets at 64 px to keep the test cheap."""
+    from robustbench_bn.models import zoo
+
+    if architecture.startswith("torchvision:"):
+        model = zoo.torchvision_model(architecture=architecture.split(":")[1], weights=None)
+    elif architecture.startswith("timm:"):
+        model = zoo.timm_model(architecture=architecture.split(":")[1], pretrained=False)
+    else:
+        model = zoo.cifar_model(architecture=architecture)
+    if model.input_size != 32:
+        model.input_size = 64
+    return model
+
+
+#: Every architecture of the model zoo (the benz2021 configs are resnet20_projection) and
+#: the split point the paper would use on it.
+ZOO_SPLITS = [
+    ("resnet20", "layer1"),
+    ("resnet20_projection", "layer1"),
+    ("resnet26", "layer2"),
+    ("wide_resnet28_10", "block2.layer.0.relu1"),
+    ("torchvision:resnet18", "layer1"),
+    ("torchvision:resnet50", "layer1"),
+    ("timm:resnet50", "layer1"),
+]
+
+
+@pytest.mark.parametrize(("architecture", "split_after"), ZOO_SPLITS)
+def test_unperturbed_split_reproduces_every_zoo_architecture(architecture, split_after):
+    torch.manual_seed(0)
+    model = _zoo(architecture)
+    network = model.network
+    # Non-trivial running statistics, so that eval-mode BN is not close to the identity.
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    front, head = advbn.split_model(model, split_after)
+    images = torch.rand(3, 3, model.input_size, model.input_size)
+    with torch.no_grad():
+        features = front(images)
+        ones = torch.ones(1, features.shape[1], 1, 1)
+        unperturbed = head(features)
+        perturbed = head(advbn.perturb_statistics(features, ones, ones))
+        expected = model(images)
+    assert features.dim() == 4 and float(features.min()) >= 0
+    torch.testing.assert_close(unperturbed, expected, rtol=1e-5, atol=1e-6)
+    # (f - mu) + mu rounds differently from f by ~1e-7, which deep nets amplify a little.
+    torch.testing.assert_close(perturbed, expected, rtol=1e-3, atol=1e-4)
+    # The head runs the network's own parameters (shared, not copied).
+    network_parameters = {id(parameter) for parameter in network.parameters()}
+    assert {id(parameter) for parameter in head.parameters()} <= network_parameters
+
+
+def test_invalid_split_of_a_torchvision_resnet_lists_its_blocks():
+    with pytest.raises(ConfigurationError, match="called 3 times") as error:
+        advbn.split_model(_zoo("torchvision:resnet50"), "layer1.0.relu")
+    message = str(error.value)
+    assert "relu, maxpool, layer1.0, layer1.1, layer1.2, layer1, layer2.0" in message
+    assert "layer4.1." in message and "layer4," not in message
+
+
+def test_the_front_runs_once_per_batch_and_the_attack_on_the_head_only(quick_model, fashion_images):
+    from robustbench_bn.finetune.split import split_network
+
+    model = copy.deepcopy(quick_model)
+    split = split_network(model, "stages.0")
+    dual_layers = []
+    advbn._replace_modules(
+        split.head,
+        lambda m: (
+            dual_layers.append(advbn.DualBatchNorm2d(m)) or dual_layers[-1]
+            if isinstance(m, nn.BatchNorm2d)
+            else None
+        ),
+    )
+    calls = {"stem": 0, "split": 0, "head_conv": 0}
+    network = model.network
+    network.stem.register_forward_hook(lambda *_: calls.__setitem__("stem", calls["stem"] + 1))
+    split.split_module.register_forward_hook(
+        lambda *_: calls.__setitem__("split", calls["split"] + 1)
+    )
+    network.stages[1][0].conv1.register_forward_hook(
+        lambda *_: calls.__setitem__("head_conv", calls["head_conv"] + 1)
+    )
+    images, labels = fashion_images
+    settings = {"attack_steps": 6, "attack_step_size": 0.2, "attack_bound": 1.1}
+    clean, adversarial = advbn._training_losses(
+        split, dual_layers, images[:32], labels[:32], settings
+    )
+    assert calls == {"stem": 1, "split": 1, "head_conv": 6 + 2}
+    assert adversarial > clean
+    # Only the head's parameters receive gradients.
+    (clean + adversarial).backward()
+    assert network.stem[0].weight.grad is None
+    assert network.stages[1][0].conv1.weight.grad is not None
 
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("epochs", 0), ("batch_size", 1), ("attack_steps", 0), ("lr_schedule", "step")],
+    [
+        ("epochs", 0),
+        ("batch_size", 1),
+        ("attack_steps", 0),
+        ("lr_schedule", "step"),
+        ("augmentation", "autoaugment"),
+        ("precision", "fp16"),
+    ],
 )
 def test_bad_settings_are_configuration_errors(
     quick_model, fashion_images, tmp_path, setting, value
