@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -349,3 +350,125 @@ def test_default_finetune_keeps_clean_accuracy_of_the_embedded_model(session_cac
         return 100 * float((predictions == test.labels).float().mean())
 
     assert accuracy(tuned) >= accuracy(source) - 2.0
+
+
+def test_runner_finetunes_a_zoo_cifar_resnet_on_the_embedded_default(make_config):
+    """`rbn-run model=resnet20_cifar finetune=advbn finetune.split_after=layer1`, shortened."""
+    cfg = make_config(
+        "model=resnet20_cifar",
+        "finetune=advbn",
+        "finetune.split_after=layer1",
+        "finetune.epochs=0.005",
+        "dataset.n_examples=64",
+        "runner.batch_size=32",
+        "dataset.corruptions=[fog]",
+        "dataset.severities=[3]",
+        quick_model=False,
+    )
+    rows = run(cfg)
+    assert list(rows["corruption"]) == ["clean", "fog"]
+    assert (rows["model"] == "resnet20_cifar").all() and (rows["finetune"] == "advbn").all()
+    cached = list((Path(cfg.paths.cache_dir) / "finetune").glob("advbn-*.pt"))
+    records = [torch.load(path, weights_only=True) for path in cached]
+    assert any(
+        record["settings"]["split_after"] == "layer1" and record["steps"] == 2
+        for record in records
+    )
+
+
+def test_random_resized_crop_flip_is_seeded_and_keeps_the_size():
+    images = torch.rand(4, 3, 24, 24)
+    first = advbn.random_resized_crop_flip(images, torch.Generator().manual_seed(3))
+    again = advbn.random_resized_crop_flip(images, torch.Generator().manual_seed(3))
+    other = advbn.random_resized_crop_flip(images, torch.Generator().manual_seed(4))
+    assert first.shape == images.shape
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.equal(first, images)
+    assert float(first.min()) >= -0.05 and float(first.max()) <= 1.05
+
+
+def test_augmentation_and_bf16_are_part_of_the_cache_key(quick_model, fashion_images, tmp_path):
+    plain = _finetune(quick_model, fashion_images, tmp_path, epochs=0.25)
+    augmented = _finetune(
+        quick_model, fashion_images, tmp_path, epochs=0.25, augmentation="random_resized_crop_flip"
+    )
+    bf16 = _finetune(quick_model, fashion_images, tmp_path, epochs=0.25, precision="bf16")
+    assert len({plain.cache_key, augmented.cache_key, bf16.cache_key}) == 3
+    weight = "network.stages.1.0.conv1.weight"
+    assert not torch.equal(plain.state_dict()[weight], augmented.state_dict()[weight])
+    assert not torch.equal(plain.state_dict()[weight], bf16.state_dict()[weight])
+    assert bf16.state_dict()[weight].dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_finetune_on_cuda_returns_a_cpu_model(quick_model, fashion_images, tmp_path):
+    tuned = _finetune(quick_model, fashion_images, tmp_path, device="cuda", precision="bf16")
+    assert all(parameter.device.type == "cpu" for parameter in tuned.parameters())
+    assert all(parameter.dtype == torch.float32 for parameter in tuned.parameters())
+
+
+def _write_jpegs(folder: Path, count: int, size: int, seed: int) -> None:
+    import torchvision.io as io
+
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(seed)
+    for index in range(count):
+        image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+        (folder / f"image_{index:03d}.JPEG").write_bytes(bytes(io.encode_jpeg(image).numpy()))
+
+
+@pytest.mark.slow
+def test_shu2021_imagenet_preset_runs_end_to_end_on_a_miniature_tree(make_config, tmp_path):
+    """The issue's command: the paper preset (torchvision ResNet-50 split after layer1), random
+    weights, 4 classes, 6 training images per class, fog 1."""
+    wnids = ["n01440764", "n01443537", "n01484850", "n01491361"]
+    for label, wnid in enumerate(wnids):
+        _write_jpegs(tmp_path / "ImageNet-C" / "fog" / "1" / wnid, 2, 224, seed=label)
+        _write_jpegs(tmp_path / "train" / wnid, 6, 300, seed=100 + label)
+    cfg = make_config(
+        "experiment=shu2021_advbn_imagenetc",
+        "model.weights=null",
+        f"dataset.root={tmp_path / 'ImageNet-C'}",
+        f"dataset.train_dir={tmp_path / 'train'}",
+        "dataset.num_classes=4",
+        "dataset.train_images_per_class=6",
+        "dataset.num_workers=0",
+        "dataset.corruptions=[fog]",
+        "dataset.severities=[1]",
+        "finetune.epochs=1",
+        "finetune.batch_size=8",
+        "runner.batch_size=8",
+        quick_model=False,
+    )
+    rows = run(cfg)
+    assert list(rows["corruption"]) == ["fog"] and (rows["n"] == 8).all()
+    assert (rows["finetune"] == "advbn").all() and (rows["model"] == "resnet50_torchvision").all()
+    records = [
+        torch.load(path, weights_only=True)
+        for path in (Path(cfg.paths.cache_dir) / "finetune").glob("advbn-*.pt")
+    ]
+    assert any(
+        record["settings"]["split_after"] == "layer1" and record["steps"] == 3
+        for record in records
+    )
+
+
+def test_missing_train_dir_is_a_clear_error_and_leaves_no_cache(make_config, tmp_path):
+    _write_jpegs(tmp_path / "ImageNet-C" / "fog" / "1" / "n01440764", 1, 224, seed=0)
+    cfg = make_config(
+        "experiment=shu2021_advbn_imagenetc",
+        "model=resnet18_torchvision",
+        "model.weights=null",
+        f"dataset.root={tmp_path / 'ImageNet-C'}",
+        "dataset.num_classes=1",
+        "dataset.corruptions=[fog]",
+        "dataset.severities=[1]",
+        quick_model=False,
+    )
+    cache = Path(cfg.paths.cache_dir) / "finetune"
+    before = set(cache.glob("advbn-*")) if cache.is_dir() else set()
+    with pytest.raises(ConfigurationError, match="dataset.train_dir"):
+        run(cfg)
+    # Nothing half-written: no new checkpoint and no temporary file (the lock may remain).
+    after = set(cache.glob("advbn-*")) if cache.is_dir() else set()
+    assert {path.suffix for path in after - before} <= {".lock"}
