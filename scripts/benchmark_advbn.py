@@ -198,7 +198,8 @@ def main() -> None:
         )
         for _ in range(args.batches)
     ]
-    suite, naive = Suite(copy.deepcopy(source), args.split), Naive(copy.deepcopy(source), args.split)
+    suite = Suite(copy.deepcopy(source), args.split)
+    naive = Naive(copy.deepcopy(source), args.split)
     # Same arithmetic: one step of each from the same weights gives the same losses.
     suite_losses, naive_losses = suite.step(*batches[0]), naive.step(*batches[0])
     assert all(abs(a - b) < 1e-3 for a, b in zip(suite_losses, naive_losses, strict=True)), (

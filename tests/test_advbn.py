@@ -371,8 +371,7 @@ def test_runner_finetunes_a_zoo_cifar_resnet_on_the_embedded_default(make_config
     cached = list((Path(cfg.paths.cache_dir) / "finetune").glob("advbn-*.pt"))
     records = [torch.load(path, weights_only=True) for path in cached]
     assert any(
-        record["settings"]["split_after"] == "layer1" and record["steps"] == 2
-        for record in records
+        record["settings"]["split_after"] == "layer1" and record["steps"] == 2 for record in records
     )
 
 
@@ -448,8 +447,7 @@ def test_shu2021_imagenet_preset_runs_end_to_end_on_a_miniature_tree(make_config
         for path in (Path(cfg.paths.cache_dir) / "finetune").glob("advbn-*.pt")
     ]
     assert any(
-        record["settings"]["split_after"] == "layer1" and record["steps"] == 3
-        for record in records
+        record["settings"]["split_after"] == "layer1" and record["steps"] == 3 for record in records
     )
 
 
