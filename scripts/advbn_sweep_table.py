@@ -37,7 +37,8 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     corrupted = rows[rows["corruption"] != "clean"]
     table = corrupted.groupby(keys, dropna=False)["accuracy"].mean().rename("mean_corrupted")
     clean = rows[rows["corruption"] == "clean"].groupby(keys, dropna=False)["accuracy"].mean()
-    table = pd.concat([table, clean.rename("clean")], axis=1).reset_index()
+    cells = corrupted.groupby(keys, dropna=False)["accuracy"].size().rename("cells")
+    table = pd.concat([table, clean.rename("clean"), cells], axis=1).reset_index()
     source = table[(table["finetune"] == "none") & (table["method"] == "source")]
     baseline = dict(zip(source["n_examples"], source["mean_corrupted"], strict=True))
     table["vs_source"] = table["mean_corrupted"] - table["n_examples"].map(baseline)
@@ -52,7 +53,11 @@ def main() -> None:
     rows = collect(args.sweep)
     if args.out:
         rows.to_csv(args.out, index=False)
-    print(summary(rows).to_markdown(index=False))
+    table = summary(rows)
+    print("| " + " | ".join(table.columns) + " |")
+    print("|" + "---|" * len(table.columns))
+    for values in table.itertuples(index=False):
+        print("| " + " | ".join(str(value) for value in values) + " |")
 
 
 if __name__ == "__main__":

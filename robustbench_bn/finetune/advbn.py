@@ -190,7 +190,7 @@ def advbn_finetune(
     cache_key: str,
     cache_dir: str,
     split_after: str = "stem",
-    epochs: float = 0.3,
+    epochs: float = 1.0,
     batch_size: int = 128,
     learning_rate: float = 0.01,
     lr_schedule: str = "constant",
