@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,7 +81,8 @@ def test_attack_runs_in_eval_mode_and_leaves_running_statistics_alone(quick_mode
         ("layer9", "names no module of SmallResNet; valid split points: .*stages.0"),
         ("stem.0", "does not end in a ReLU"),
         ("stages.2", "no BatchNorm2d layer follows it"),
-        ("head", "it is the last block"),
+        ("head", "it is the last module"),
+        ("stages.0.0.relu", "called 2 times in the forward"),
     ],
 )
 def test_invalid_split_points_say_why_and_list_the_valid_ones(
@@ -88,11 +90,11 @@ def test_invalid_split_points_say_why_and_list_the_valid_ones(
 ):
     with pytest.raises(ConfigurationError, match=message) as error:
         _finetune(quick_model, fashion_images, tmp_path, split_after=split_after)
-    assert "stages.0, stages.1, stem" in str(error.value)
+    assert "stem.2, stem, stages.0.0, stages.0, stages.1.0, stages.1." in str(error.value)
     assert not (tmp_path / "finetune").exists() or not any((tmp_path / "finetune").glob("*.pt"))
 
 
-def test_network_that_is_not_a_chain_of_its_blocks_is_refused(fashion_images, tmp_path):
+def test_a_skip_connection_around_the_split_point_is_refused(fashion_images, tmp_path):
     class Residual(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -102,20 +104,135 @@ def test_network_that_is_not_a_chain_of_its_blocks_is_refused(fashion_images, tm
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.body(self.stem(x)) + x
 
-    with pytest.raises(ConfigurationError, match="not the composition of its top-level blocks"):
+    with pytest.raises(ConfigurationError, match="also reads the network's input") as error:
         _finetune(Residual(), fashion_images, tmp_path)
+    assert "valid split points: none" in str(error.value).lower()
 
 
-def test_zoo_model_with_functional_forward_is_refused(fashion_images, tmp_path):
-    from robustbench_bn.models.cifar_resnet import resnet20
+def test_a_network_fx_cannot_trace_is_refused_clearly(fashion_images, tmp_path):
+    class ValueDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.body = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.Flatten())
 
-    with pytest.raises(ConfigurationError, match="Use a model built as a chain of blocks"):
-        _finetune(resnet20(), fashion_images, tmp_path, split_after="layer1")
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.stem(x)
+            return self.body(features) if features.sum() > 0 else features.flatten(1)
+
+    with pytest.raises(ConfigurationError, match="torch.fx cannot trace its forward"):
+        _finetune(ValueDependent(), fashion_images, tmp_path)
+
+
+def _zoo(architecture: str) -> nn.Module:
+    """A zoo architecture with random weights; ImageNet nets at 64 px to keep the test cheap."""
+    from robustbench_bn.models import zoo
+
+    if architecture.startswith("torchvision:"):
+        model = zoo.torchvision_model(architecture=architecture.split(":")[1], weights=None)
+    elif architecture.startswith("timm:"):
+        model = zoo.timm_model(architecture=architecture.split(":")[1], pretrained=False)
+    else:
+        model = zoo.cifar_model(architecture=architecture)
+    if model.input_size != 32:
+        model.input_size = 64
+    return model
+
+
+#: Every architecture of the model zoo (the benz2021 configs are resnet20_projection) and
+#: the split point the paper would use on it.
+ZOO_SPLITS = [
+    ("resnet20", "layer1"),
+    ("resnet20_projection", "layer1"),
+    ("resnet26", "layer2"),
+    ("wide_resnet28_10", "block2.layer.0.relu1"),
+    ("torchvision:resnet18", "layer1"),
+    ("torchvision:resnet50", "layer1"),
+    ("timm:resnet50", "layer1"),
+]
+
+
+@pytest.mark.parametrize(("architecture", "split_after"), ZOO_SPLITS)
+def test_unperturbed_split_reproduces_every_zoo_architecture(architecture, split_after):
+    torch.manual_seed(0)
+    model = _zoo(architecture)
+    network = model.network
+    # Non-trivial running statistics, so that eval-mode BN is not close to the identity.
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    front, head = advbn.split_model(model, split_after)
+    images = torch.rand(3, 3, model.input_size, model.input_size)
+    with torch.no_grad():
+        features = front(images)
+        ones = torch.ones(1, features.shape[1], 1, 1)
+        unperturbed = head(features)
+        perturbed = head(advbn.perturb_statistics(features, ones, ones))
+        expected = model(images)
+    assert features.dim() == 4 and float(features.min()) >= 0
+    torch.testing.assert_close(unperturbed, expected, rtol=1e-5, atol=1e-6)
+    # (f - mu) + mu rounds differently from f by ~1e-7, which deep nets amplify a little.
+    torch.testing.assert_close(perturbed, expected, rtol=1e-3, atol=1e-4)
+    # The head runs the network's own parameters (shared, not copied).
+    network_parameters = {id(parameter) for parameter in network.parameters()}
+    assert {id(parameter) for parameter in head.parameters()} <= network_parameters
+
+
+def test_invalid_split_of_a_torchvision_resnet_lists_its_blocks():
+    with pytest.raises(ConfigurationError, match="called 3 times") as error:
+        advbn.split_model(_zoo("torchvision:resnet50"), "layer1.0.relu")
+    message = str(error.value)
+    assert "relu, maxpool, layer1.0, layer1.1, layer1.2, layer1, layer2.0" in message
+    assert "layer4.1." in message and "layer4," not in message
+
+
+def test_the_front_runs_once_per_batch_and_the_attack_on_the_head_only(quick_model, fashion_images):
+    from robustbench_bn.finetune.split import split_network
+
+    model = copy.deepcopy(quick_model)
+    split = split_network(model, "stages.0")
+    dual_layers = []
+    advbn._replace_modules(
+        split.head,
+        lambda m: (
+            dual_layers.append(advbn.DualBatchNorm2d(m)) or dual_layers[-1]
+            if isinstance(m, nn.BatchNorm2d)
+            else None
+        ),
+    )
+    calls = {"stem": 0, "split": 0, "head_conv": 0}
+    network = model.network
+    network.stem.register_forward_hook(lambda *_: calls.__setitem__("stem", calls["stem"] + 1))
+    split.split_module.register_forward_hook(
+        lambda *_: calls.__setitem__("split", calls["split"] + 1)
+    )
+    network.stages[1][0].conv1.register_forward_hook(
+        lambda *_: calls.__setitem__("head_conv", calls["head_conv"] + 1)
+    )
+    images, labels = fashion_images
+    settings = {"attack_steps": 6, "attack_step_size": 0.2, "attack_bound": 1.1}
+    clean, adversarial = advbn._training_losses(
+        split, dual_layers, images[:32], labels[:32], settings
+    )
+    assert calls == {"stem": 1, "split": 1, "head_conv": 6 + 2}
+    assert adversarial > clean
+    # Only the head's parameters receive gradients.
+    (clean + adversarial).backward()
+    assert network.stem[0].weight.grad is None
+    assert network.stages[1][0].conv1.weight.grad is not None
 
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("epochs", 0), ("batch_size", 1), ("attack_steps", 0), ("lr_schedule", "step")],
+    [
+        ("epochs", 0),
+        ("batch_size", 1),
+        ("attack_steps", 0),
+        ("lr_schedule", "step"),
+        ("augmentation", "autoaugment"),
+        ("precision", "fp16"),
+    ],
 )
 def test_bad_settings_are_configuration_errors(
     quick_model, fashion_images, tmp_path, setting, value
@@ -233,3 +350,123 @@ def test_default_finetune_keeps_clean_accuracy_of_the_embedded_model(session_cac
         return 100 * float((predictions == test.labels).float().mean())
 
     assert accuracy(tuned) >= accuracy(source) - 2.0
+
+
+def test_runner_finetunes_a_zoo_cifar_resnet_on_the_embedded_default(make_config):
+    """`rbn-run model=resnet20_cifar finetune=advbn finetune.split_after=layer1`, shortened."""
+    cfg = make_config(
+        "model=resnet20_cifar",
+        "finetune=advbn",
+        "finetune.split_after=layer1",
+        "finetune.epochs=0.005",
+        "dataset.n_examples=64",
+        "runner.batch_size=32",
+        "dataset.corruptions=[fog]",
+        "dataset.severities=[3]",
+        quick_model=False,
+    )
+    rows = run(cfg)
+    assert list(rows["corruption"]) == ["clean", "fog"]
+    assert (rows["model"] == "resnet20_cifar").all() and (rows["finetune"] == "advbn").all()
+    cached = list((Path(cfg.paths.cache_dir) / "finetune").glob("advbn-*.pt"))
+    records = [torch.load(path, weights_only=True) for path in cached]
+    assert any(
+        record["settings"]["split_after"] == "layer1" and record["steps"] == 2 for record in records
+    )
+
+
+def test_random_resized_crop_flip_is_seeded_and_keeps_the_size():
+    images = torch.rand(4, 3, 24, 24)
+    first = advbn.random_resized_crop_flip(images, torch.Generator().manual_seed(3))
+    again = advbn.random_resized_crop_flip(images, torch.Generator().manual_seed(3))
+    other = advbn.random_resized_crop_flip(images, torch.Generator().manual_seed(4))
+    assert first.shape == images.shape
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.equal(first, images)
+    assert float(first.min()) >= -0.05 and float(first.max()) <= 1.05
+
+
+def test_augmentation_and_bf16_are_part_of_the_cache_key(quick_model, fashion_images, tmp_path):
+    plain = _finetune(quick_model, fashion_images, tmp_path, epochs=0.25)
+    augmented = _finetune(
+        quick_model, fashion_images, tmp_path, epochs=0.25, augmentation="random_resized_crop_flip"
+    )
+    bf16 = _finetune(quick_model, fashion_images, tmp_path, epochs=0.25, precision="bf16")
+    assert len({plain.cache_key, augmented.cache_key, bf16.cache_key}) == 3
+    weight = "network.stages.1.0.conv1.weight"
+    assert not torch.equal(plain.state_dict()[weight], augmented.state_dict()[weight])
+    assert not torch.equal(plain.state_dict()[weight], bf16.state_dict()[weight])
+    assert bf16.state_dict()[weight].dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_finetune_on_cuda_returns_a_cpu_model(quick_model, fashion_images, tmp_path):
+    tuned = _finetune(quick_model, fashion_images, tmp_path, device="cuda", precision="bf16")
+    assert all(parameter.device.type == "cpu" for parameter in tuned.parameters())
+    assert all(parameter.dtype == torch.float32 for parameter in tuned.parameters())
+
+
+def _write_jpegs(folder: Path, count: int, size: int, seed: int) -> None:
+    import torchvision.io as io
+
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(seed)
+    for index in range(count):
+        image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+        (folder / f"image_{index:03d}.JPEG").write_bytes(bytes(io.encode_jpeg(image).numpy()))
+
+
+@pytest.mark.slow
+def test_shu2021_imagenet_preset_runs_end_to_end_on_a_miniature_tree(make_config, tmp_path):
+    """The issue's command: the paper preset (torchvision ResNet-50 split after layer1), random
+    weights, 4 classes, 6 training images per class, fog 1."""
+    wnids = ["n01440764", "n01443537", "n01484850", "n01491361"]
+    for label, wnid in enumerate(wnids):
+        _write_jpegs(tmp_path / "ImageNet-C" / "fog" / "1" / wnid, 2, 224, seed=label)
+        _write_jpegs(tmp_path / "train" / wnid, 6, 300, seed=100 + label)
+    cfg = make_config(
+        "experiment=shu2021_advbn_imagenetc",
+        "model.weights=null",
+        f"dataset.root={tmp_path / 'ImageNet-C'}",
+        f"dataset.train_dir={tmp_path / 'train'}",
+        "dataset.num_classes=4",
+        "dataset.train_images_per_class=6",
+        "dataset.num_workers=0",
+        "dataset.corruptions=[fog]",
+        "dataset.severities=[1]",
+        "finetune.epochs=1",
+        "finetune.batch_size=8",
+        "runner.batch_size=8",
+        quick_model=False,
+    )
+    rows = run(cfg)
+    assert list(rows["corruption"]) == ["fog"] and (rows["n"] == 8).all()
+    assert (rows["finetune"] == "advbn").all() and (rows["model"] == "resnet50_torchvision").all()
+    records = [
+        torch.load(path, weights_only=True)
+        for path in (Path(cfg.paths.cache_dir) / "finetune").glob("advbn-*.pt")
+    ]
+    assert any(
+        record["settings"]["split_after"] == "layer1" and record["steps"] == 3 for record in records
+    )
+
+
+def test_missing_train_dir_is_a_clear_error_and_leaves_no_cache(make_config, tmp_path):
+    _write_jpegs(tmp_path / "ImageNet-C" / "fog" / "1" / "n01440764", 1, 224, seed=0)
+    cfg = make_config(
+        "experiment=shu2021_advbn_imagenetc",
+        "model=resnet18_torchvision",
+        "model.weights=null",
+        f"dataset.root={tmp_path / 'ImageNet-C'}",
+        "dataset.num_classes=1",
+        "dataset.corruptions=[fog]",
+        "dataset.severities=[1]",
+        quick_model=False,
+    )
+    cache = Path(cfg.paths.cache_dir) / "finetune"
+    before = set(cache.glob("advbn-*")) if cache.is_dir() else set()
+    with pytest.raises(ConfigurationError, match="dataset.train_dir"):
+        run(cfg)
+    # Nothing half-written: no new checkpoint and no temporary file (the lock may remain).
+    after = set(cache.glob("advbn-*")) if cache.is_dir() else set()
+    assert {path.suffix for path in after - before} <= {".lock"}

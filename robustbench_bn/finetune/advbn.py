@@ -17,21 +17,23 @@ At test time the AdvBN layer is gone and the clean branch is used: the returned 
 exactly the source architecture and state_dict keys, so every test-time method (``bn``,
 ``tent``, ``dmc``) and the runner's reset apply unchanged, e.g. ``finetune=advbn method=bn``.
 
+The split (:mod:`.split`) works on any BN network at a named module (``layer1`` of a
+torchvision or timm ResNet, ``layer1`` of the CIFAR ResNets, ``stem`` / ``stages.0`` of the
+suite's SmallResNet): the front is the model run until that module returns, computed once per
+batch without gradients; the head is the rest of the network's ``torch.fx`` graph, sharing
+its modules. The six attack steps and both BN branches run on the head only.
+
 The ReLU: the paper inserts AdvBN after ResNet-50's layer1, whose output has already passed
 a ReLU, and applies a ReLU to the perturbed features so that the head sees non-negative
-inputs as it always has. Here a split point is only accepted if the block before it ends in
-a ReLU (its output is checked to be non-negative), which holds for ``stem`` and every
-``stages.<i>`` of the suite's SmallResNet. There, with both scales at 1 the perturbation is
-the identity, ``relu(f) == f``, and the ReLU only clips the negative values that a
-perturbation creates, exactly as in the paper.
-
-Splitting needs a network whose forward is the composition of its top-level children (one
-level of nn.Sequential unrolled), such as the suite's SmallResNet; this is checked on a
-random batch and any other architecture gets a clear error.
+inputs as it always has. Here a split point is only accepted if its output is non-negative
+on a probe batch (it ends in a ReLU); there, with both scales at 1 the perturbation is the
+identity, ``relu(f) == f``, and the ReLU only clips the negative values that a perturbation
+creates, exactly as in the paper.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -40,160 +42,29 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from robustbench_bn.errors import ConfigurationError
+from robustbench_bn.finetune.split import Split, split_network
 from robustbench_bn.utils.files import atomic_write, file_lock, stable_hash
 
 log = logging.getLogger(__name__)
 
 TrainingImages = Callable[[], tuple[torch.Tensor, torch.Tensor]]
-NamedBlocks = list[tuple[str, nn.Module]]
 
 #: Bumped when the training procedure changes, so that a cached fine-tune is never reused
 #: for a procedure that would produce different weights from the same settings.
-PROCEDURE_VERSION = 2
+PROCEDURE_VERSION = 3
 LR_SCHEDULES = ("constant", "cosine")
+AUGMENTATIONS = ("none", "random_resized_crop_flip")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def sequential_blocks(network: nn.Module) -> NamedBlocks:
-    """The network's top-level children in order, with nn.Sequential children unrolled once."""
-    blocks: NamedBlocks = []
-    for name, child in network.named_children():
-        if isinstance(child, nn.Sequential):
-            blocks.extend((f"{name}.{inner}", block) for inner, block in child.named_children())
-        else:
-            blocks.append((name, child))
-    return blocks
-
-
-def _network_and_normalization(
-    model: nn.Module,
-) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-    """The network inside a NormalizedModel and the preprocessing that precedes it."""
-    network = getattr(model, "network", model)
-    if network is model:
-        return network, lambda images: images
-    return network, lambda images: (images - model.mean) / model.std
-
-
-def _last_block_index(blocks: NamedBlocks, split_after: str) -> int | None:
-    """Index of the last block named ``split_after`` or inside the group ``split_after``."""
-    matches = [
-        index
-        for index, (name, _) in enumerate(blocks)
-        if name == split_after or name.startswith(split_after + ".")
-    ]
-    return matches[-1] if matches else None
-
-
-def _split_problem(blocks: NamedBlocks, index: int, output: torch.Tensor) -> str | None:
-    """Why the network cannot be split after ``blocks[index]``, or None if it can."""
-    if index == len(blocks) - 1:
-        return "it is the last block, so nothing would be fine-tuned"
-    if output.dim() != 4:
-        return f"its output is not a feature map [N, C, H, W] (shape {list(output.shape)})"
-    if float(output.min()) < 0:
-        return (
-            "its output can be negative (the block does not end in a ReLU), so AdvBN's ReLU "
-            "would change the unperturbed features"
-        )
-    head = nn.ModuleList(block for _, block in blocks[index + 1 :])
-    if not any(isinstance(module, nn.BatchNorm2d) for module in head.modules()):
-        return "no BatchNorm2d layer follows it, so there is no BN branch to train"
-    return None
-
-
-def split_index(model: nn.Module, split_after: str) -> int:
-    """Index of the last block before the split in :func:`sequential_blocks` of the network.
-
-    ``split_after`` is a dotted module path of the network (``stem``, ``stages.0``, ...); a
-    name that does not exist, or one after which AdvBN cannot be inserted, raises a
-    ConfigurationError listing the valid ones.
-    """
-    network, _ = _network_and_normalization(model)
-    blocks = sequential_blocks(network)
-    outputs = _probe_block_outputs(model, network, blocks)
-    group_names = {name.split(".")[0] for name, _ in blocks}
-    candidates = sorted(group_names | {name for name, _ in blocks})
-    valid = []
-    for name in candidates:
-        index = _last_block_index(blocks, name)
-        if index is not None and _split_problem(blocks, index, outputs[index]) is None:
-            valid.append(name)
-    index = _last_block_index(blocks, split_after)
-    if index is None:
-        raise ConfigurationError(
-            f"finetune.split_after={split_after!r} names no module of "
-            f"{type(network).__name__}; valid split points: {', '.join(valid)}."
-        )
-    problem = _split_problem(blocks, index, outputs[index])
-    if problem is not None:
-        raise ConfigurationError(
-            f"finetune.split_after={split_after!r} cannot take AdvBN: {problem}. "
-            f"Valid split points: {', '.join(valid)}."
-        )
-    return index
-
-
-def split_model(model: nn.Module, split_after: str) -> tuple[nn.Sequential, nn.Sequential]:
-    """``(front, head)`` with ``model(x) == head(front(x))``; both share the model's modules.
-
-    ``front`` includes the model's input normalization; see :func:`split_index` for
-    ``split_after``.
-    """
-    return _front_and_head(model, split_index(model, split_after))
-
-
-def _front_and_head(model: nn.Module, index: int) -> tuple[nn.Sequential, nn.Sequential]:
-    network, normalize = _network_and_normalization(model)
-    blocks = sequential_blocks(network)
-    front = nn.Sequential(_Preprocessing(normalize), *[block for _, block in blocks[: index + 1]])
-    head = nn.Sequential(*[block for _, block in blocks[index + 1 :]])
-    return front, head
-
-
-class _Preprocessing(nn.Module):
-    def __init__(self, normalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.normalize = normalize
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalize(images)
-
-
-def _probe_block_outputs(
-    model: nn.Module, network: nn.Module, blocks: NamedBlocks
-) -> list[torch.Tensor]:
-    """Every block's output on a random batch; checks that the blocks compose to the network."""
-    _, normalize = _network_and_normalization(model)
-    # A private generator: probing must not move the global RNG that the runner seeded.
-    generator = torch.Generator().manual_seed(0)
-    probe = normalize(torch.rand(4, 3, 32, 32, generator=generator))
-    was_training = network.training
-    network.eval()
-    refusal = ConfigurationError(
-        f"finetune=advbn cannot split {type(network).__name__}: its forward is not the "
-        "composition of its top-level blocks (it uses functional operations between them). "
-        "Use a model built as a chain of blocks, such as model=fashion_small_resnet."
-    )
-    try:
-        with torch.no_grad():
-            expected = network(probe)
-            outputs = []
-            features = probe
-            for _, block in blocks:
-                features = block(features)
-                # Cloned: a following in-place ReLU would otherwise overwrite this output.
-                outputs.append(features.clone())
-    except RuntimeError as error:
-        # e.g. a classifier that receives an unflattened feature map.
-        raise refusal from error
-    finally:
-        network.train(was_training)
-    if features.shape != expected.shape or not torch.allclose(features, expected, atol=1e-5):
-        raise refusal
-    return outputs
+def split_model(model: nn.Module, split_after: str) -> tuple[Callable, fx.GraphModule]:
+    """``(front, head)`` with ``head(front(images)) == model(images)``, sharing the model's
+    modules; ``front`` includes the model's preprocessing. See :func:`split_network`."""
+    split = split_network(model, split_after)
+    return split.front, split.head
 
 
 class DualBatchNorm2d(nn.Module):
@@ -252,8 +123,8 @@ def adversarial_scales(
     running statistics and the attack does not update them.
     """
     channels = features.shape[1]
-    scale_mean = torch.ones(1, channels, 1, 1, requires_grad=True)
-    scale_std = torch.ones(1, channels, 1, 1, requires_grad=True)
+    scale_mean = torch.ones(1, channels, 1, 1, device=features.device, requires_grad=True)
+    scale_std = torch.ones(1, channels, 1, 1, device=features.device, requires_grad=True)
     was_training = head.training
     head.eval()
     try:
@@ -280,6 +151,12 @@ def _check_settings(settings: dict) -> None:
         ("attack_step_size", settings["attack_step_size"] > 0, "> 0 (the paper: 0.2)"),
         ("attack_bound", settings["attack_bound"] >= 0, ">= 0 (the paper: 1.1)"),
         ("lr_schedule", settings["lr_schedule"] in LR_SCHEDULES, f"one of {LR_SCHEDULES}"),
+        ("augmentation", settings["augmentation"] in AUGMENTATIONS, f"one of {AUGMENTATIONS}"),
+        (
+            "precision",
+            settings["precision"] in PRECISIONS,
+            f"one of {tuple(PRECISIONS)} (fp16 would need loss scaling; use bf16)",
+        ),
     ]
     for name, ok, expected in checks:
         if not ok:
@@ -289,6 +166,23 @@ def _check_settings(settings: dict) -> None:
             )
 
 
+def _resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise ConfigurationError(
+            f"finetune.device must be auto, cpu or cuda[:index], got {requested!r}."
+        ) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(
+            f"finetune.device={requested} but no CUDA device is available; use "
+            "finetune.device=cpu (or runner.device=cpu, which it follows by default)."
+        )
+    return device
+
+
 def advbn_finetune(
     *,
     model: nn.Module,
@@ -296,7 +190,7 @@ def advbn_finetune(
     cache_key: str,
     cache_dir: str,
     split_after: str = "stem",
-    epochs: float = 0.3,
+    epochs: float = 1.0,
     batch_size: int = 128,
     learning_rate: float = 0.01,
     lr_schedule: str = "constant",
@@ -305,14 +199,19 @@ def advbn_finetune(
     attack_steps: int = 6,
     attack_step_size: float = 0.2,
     attack_bound: float = 1.1,
+    augmentation: str = "none",
     seed: int = 0,
+    device: str = "auto",
+    precision: str = "fp32",
     progress: bool = True,
 ) -> nn.Module:
     """Fine-tune ``model`` with AdvBN; cached under ``cache_key`` and these settings.
 
-    Returns a fine-tuned copy with the source model's architecture (clean BN branch), in eval
-    mode; ``model`` itself is left unchanged. Parallel jobs wait for the first one to train
-    and then load its result.
+    Returns a fine-tuned copy with the source model's architecture (clean BN branch), on the
+    CPU in eval mode; ``model`` itself is left unchanged. Parallel jobs wait for the first
+    one to train and then load its result. ``device`` and ``precision`` (bf16 autocast) only
+    say where and how to train; both are part of the cache key, since they change the
+    weights by float rounding.
     """
     settings = {
         "split_after": split_after,
@@ -325,18 +224,23 @@ def advbn_finetune(
         "attack_steps": attack_steps,
         "attack_step_size": attack_step_size,
         "attack_bound": attack_bound,
+        "augmentation": augmentation,
         "seed": seed,
+        "precision": precision,
     }
     _check_settings(settings)
+    train_device = _resolve_device(str(device))
     # Fails fast on a bad split point, before any waiting or training.
-    split_index(model, split_after)
-    key = stable_hash([cache_key, settings, PROCEDURE_VERSION])
+    split_network(copy.deepcopy(model), split_after)
+    key = stable_hash([cache_key, settings, train_device.type, PROCEDURE_VERSION])
     path = Path(cache_dir).expanduser() / "finetune" / f"advbn-{key}.pt"
     tuned = copy.deepcopy(model)
     with file_lock(path.with_suffix(".lock")):
         if not path.is_file():
             log.info("No cached AdvBN fine-tune at %s; fine-tuning the source model.", path)
-            record = _train(tuned, training_images, settings, progress=progress)
+            record = _train(
+                tuned, training_images, settings, device=train_device, progress=progress
+            )
             checkpoint = {"state_dict": tuned.state_dict(), "settings": settings, **record}
             atomic_write(path, lambda temporary: torch.save(checkpoint, temporary))
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -345,26 +249,64 @@ def advbn_finetune(
     return tuned.eval()
 
 
+def random_resized_crop_flip(
+    images: torch.Tensor, generator: torch.Generator, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> torch.Tensor:
+    """The paper's training augmentation on a float batch: per image, a random crop of
+    ``scale`` of the area and aspect ``ratio`` resized back to the batch's size, then a
+    horizontal flip with probability 1/2 (as torchvision's RandomResizedCrop and
+    RandomHorizontalFlip, drawn from ``generator`` so that a fine-tune is reproducible).
+    """
+    count, _, height, width = images.shape
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    output = torch.empty_like(images)
+    for index in range(count):
+        top, left, crop_height, crop_width = 0, 0, height, width
+        for _ in range(10):
+            target = area * float(torch.empty(1).uniform_(*scale, generator=generator))
+            aspect = float(torch.exp(torch.empty(1).uniform_(*log_ratio, generator=generator)))
+            w = round((target * aspect) ** 0.5)
+            h = round((target / aspect) ** 0.5)
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+                crop_height, crop_width = h, w
+                break
+        crop = images[index : index + 1, :, top : top + crop_height, left : left + crop_width]
+        crop = F.interpolate(
+            crop, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+        )
+        if float(torch.rand(1, generator=generator)) < 0.5:
+            crop = crop.flip(-1)
+        output[index : index + 1] = crop
+    return output
+
+
 def _train(
-    model: nn.Module, training_images: TrainingImages, settings: dict, *, progress: bool
+    model: nn.Module,
+    training_images: TrainingImages,
+    settings: dict,
+    *,
+    device: torch.device,
+    progress: bool,
 ) -> dict:
     """Fine-tune ``model`` in place; returns a record of the run for the checkpoint."""
     from tqdm import tqdm
 
-    index = split_index(model, settings["split_after"])
-    # channels_last is about 1.5x faster for these small convolutions on CPU (as in training).
+    model.to(device)
+    # channels_last is about 1.5x faster for these small convolutions on CPU (as in training)
+    # and what tensor cores want on a GPU.
     model.to(memory_format=torch.channels_last)
-    network = getattr(model, "network", model)
-    _, head = _front_and_head(model, index)
-    head_batch_norms = {id(m) for m in head.modules() if isinstance(m, nn.BatchNorm2d)}
-    # Swapped inside the network itself, so that swapping back below restores the original
-    # module tree (and state_dict keys); front and head are then rebuilt around the swap.
-    _replace_modules(network, lambda m: DualBatchNorm2d(m) if id(m) in head_batch_norms else None)
-    front, head = _front_and_head(model, index)
+    split = split_network(model, settings["split_after"])
+    head = split.head
+    # The dual layers live in the head's own module containers only: the model keeps its
+    # BatchNorm2d objects (the clean branches), so it needs no swapping back afterwards.
+    _replace_modules(head, lambda m: DualBatchNorm2d(m) if isinstance(m, nn.BatchNorm2d) else None)
     dual_layers = [module for module in head.modules() if isinstance(module, DualBatchNorm2d)]
-    for parameter in front.parameters():
-        parameter.requires_grad_(False)
-    front.eval()
+    # The front runs under no_grad and is not in the optimizer: frozen, weights and BN
+    # statistics (eval mode) alike.
+    model.eval()
     optimizer = torch.optim.SGD(
         head.parameters(),
         lr=settings["learning_rate"],
@@ -385,9 +327,16 @@ def _train(
         if settings["lr_schedule"] == "cosine"
         else None
     )
+    autocast_dtype = PRECISIONS[settings["precision"]]
     generator = torch.Generator().manual_seed(settings["seed"])
     started = time.perf_counter()
-    bar = tqdm(total=total_steps, desc="AdvBN fine-tuning", disable=not progress, leave=False)
+    bar = tqdm(
+        total=total_steps * batch_size,
+        desc="AdvBN fine-tuning",
+        unit="img",
+        disable=not progress,
+        leave=False,
+    )
     step = 0
     clean_loss = adversarial_loss = torch.tensor(float("nan"))
     while step < total_steps:
@@ -397,40 +346,64 @@ def _train(
             if step >= total_steps:
                 break
             index = order[start : start + batch_size]
-            target = labels[index]
-            with torch.no_grad():
-                batch = images[index].float().div_(255)
-                features = front(batch.contiguous(memory_format=torch.channels_last))
-            _select_branch(dual_layers, adversarial=True)
-            scales = adversarial_scales(
-                head,
-                features,
-                target,
-                steps=settings["attack_steps"],
-                step_size=settings["attack_step_size"],
-                bound=settings["attack_bound"],
-            )
-            head.train()
-            adversarial_loss = F.cross_entropy(head(perturb_statistics(features, *scales)), target)
-            _select_branch(dual_layers, adversarial=False)
-            clean_loss = F.cross_entropy(head(features), target)
+            target = labels[index].to(device)
+            batch = images[index].float().div_(255)
+            if settings["augmentation"] == "random_resized_crop_flip":
+                batch = random_resized_crop_flip(batch, generator)
+            batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+            with (
+                torch.autocast(device.type, dtype=autocast_dtype)
+                if autocast_dtype
+                else contextlib.nullcontext()
+            ):
+                clean_loss, adversarial_loss = _training_losses(
+                    split, dual_layers, batch, target, settings
+                )
             optimizer.zero_grad(set_to_none=True)
             (clean_loss + adversarial_loss).backward()
             optimizer.step()
             if schedule is not None:
                 schedule.step()
             step += 1
-            bar.update(1)
+            bar.update(batch_size)
             bar.set_postfix(clean=f"{clean_loss.item():.3f}", adv=f"{adversarial_loss.item():.3f}")
     bar.close()
     seconds = time.perf_counter() - started
     log.info("AdvBN fine-tuning: %d steps in %.0f s", step, seconds)
-    # Back to the source architecture: the clean branch replaces each dual layer.
-    _replace_modules(network, lambda m: m.clean if isinstance(m, DualBatchNorm2d) else None)
-    model.to(memory_format=torch.contiguous_format).eval()
+    model.to(memory_format=torch.contiguous_format).to("cpu").eval()
     return {
         "steps": step,
         "seconds": round(seconds, 1),
+        "images_per_second": round(step * batch_size / max(seconds, 1e-9), 1),
         "final_clean_loss": clean_loss.item(),
         "final_adversarial_loss": adversarial_loss.item(),
     }
+
+
+def _training_losses(
+    split: Split,
+    dual_layers: list[DualBatchNorm2d],
+    batch: torch.Tensor,
+    target: torch.Tensor,
+    settings: dict,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch: the front once, the attack and both BN branches on the head only."""
+    head = split.head
+    with torch.no_grad():
+        features = split.front(batch)
+    _select_branch(dual_layers, adversarial=True)
+    scales = adversarial_scales(
+        head,
+        features,
+        target,
+        steps=settings["attack_steps"],
+        step_size=settings["attack_step_size"],
+        bound=settings["attack_bound"],
+    )
+    head.train()
+    adversarial_loss = F.cross_entropy(head(perturb_statistics(features, *scales)), target)
+    _select_branch(dual_layers, adversarial=False)
+    # Last: a head that starts with an in-place operation may overwrite its input.
+    clean_loss = F.cross_entropy(head(features), target)
+    head.eval()
+    return clean_loss, adversarial_loss
