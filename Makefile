@@ -36,11 +36,11 @@ demo: install ## source vs bn on Fashion-MNIST-C (15 corruptions x 5 severities)
 	$(BIN)/rbn-run --multirun method=source,bn hydra.sweep.dir=$(DEMO_DIR)
 	$(BIN)/rbn-report $(DEMO_DIR) --out $(DEMO_DIR)/report
 
-sweep: install ## the whole embedded-default grid (4 methods x 2 fine-tunes), resumable
+sweep: install ## the whole embedded-default grid (8 methods x 2 fine-tunes), resumable
 	@if [ -n "$(DEMO_MODEL)" ]; then $(BIN)/rbn-train-source --install $(DEMO_MODEL); fi
 	$(BIN)/rbn-run --multirun experiment=fashion_grid
 
-test: install ## the tests (offline, CPU; about 5 minutes on 2 cores)
+test: install ## the tests (offline, CPU; about 2 minutes on 2 idle cores)
 	$(BIN)/pytest -q -m "not slow"
 
 test-slow: install ## the slow end-to-end tests
