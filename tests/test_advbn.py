@@ -427,6 +427,8 @@ def test_shu2021_imagenet_preset_runs_end_to_end_on_a_miniature_tree(make_config
     cfg = make_config(
         "experiment=shu2021_advbn_imagenetc",
         "model.weights=null",
+        # A 1000-class head on a 4-class tree is refused before the first cell.
+        "+model.num_classes=4",
         f"dataset.root={tmp_path / 'ImageNet-C'}",
         f"dataset.train_dir={tmp_path / 'train'}",
         "dataset.num_classes=4",

@@ -209,8 +209,16 @@ def torchvision_model(
         _load_into(network, _load_state_dict(path), what=architecture, source=str(path))
         loaded = f"checkpoint:{path.name}"
     else:
+        if weights_enum is not None and num_classes != 1000:
+            raise ConfigurationError(
+                f"torchvision {architecture} weights {weights} have 1000 classes, but "
+                f"model.num_classes={num_classes}; use model.weights=null (random weights) or a "
+                "model.checkpoint with that many classes."
+            )
         try:
-            network = builder(weights=weights_enum)
+            # Random weights take the requested head; pretrained ones keep ImageNet's 1000.
+            extra = {} if weights_enum is not None else {"num_classes": num_classes}
+            network = builder(weights=weights_enum, **extra)
         except (OSError, RuntimeError) as error:  # URLError is an OSError
             raise ConfigurationError(
                 f"Could not load torchvision weights {weights_enum} for {architecture} "
@@ -227,7 +235,9 @@ def torchvision_model(
         size = int(transforms.crop_size[0])
         origin = f"torchvision:{weights_enum}"
     model = PreprocessedModel(network, mean=mean, std=std, input_size=size, origin=origin)
-    model.cache_key = f"torchvision:{architecture}:{loaded}"
+    model.cache_key = f"torchvision:{architecture}:{loaded}" + (
+        f":{num_classes}_classes" if num_classes != 1000 else ""
+    )
     return model.eval()
 
 
