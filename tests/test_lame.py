@@ -1,5 +1,6 @@
 """lame (methods/lame.py) against a hand transcription of the reference (Boudiaf et al., CVPR 2022,
-github fiveai/LAME: kNN_affinity, laplacian_optimization, entropy_energy)."""
+github fiveai/LAME: kNN_affinity, rbf_affinity, linear_affinity, laplacian_optimization,
+entropy_energy)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,26 @@ def _reference_knn(features: torch.Tensor, knn: int) -> torch.Tensor:
     return affinity
 
 
-def _reference_lame(probabilities, features, *, knn=5, bound_lambda=1.0, max_steps=100):
+def _reference_rbf(features: torch.Tensor, knn: int) -> torch.Tensor:
+    distances = torch.norm(features.unsqueeze(0) - features.unsqueeze(1), dim=-1, p=2)
+    neighbours = min(knn, features.size(0))
+    kth_distance = distances.topk(k=neighbours, dim=-1, largest=False).values[:, -1]
+    sigma = kth_distance.mean()
+    return torch.exp(-(distances**2) / (2 * sigma**2))
+
+
+def _reference_linear(features: torch.Tensor, knn: int) -> torch.Tensor:
+    return torch.matmul(features, features.t())
+
+
+_REFERENCE_AFFINITIES = {"knn": _reference_knn, "rbf": _reference_rbf, "linear": _reference_linear}
+
+
+def _reference_lame(
+    probabilities, features, *, affinity="knn", knn=5, bound_lambda=1.0, max_steps=100
+):
     unary = -torch.log(probabilities + 1e-10)
-    kernel = _reference_knn(F.normalize(features, p=2, dim=-1), knn)
+    kernel = _REFERENCE_AFFINITIES[affinity](F.normalize(features, p=2, dim=-1), knn)
     old_energy = float("inf")
     assignments = (-unary).softmax(-1)
     steps = 0
@@ -84,6 +102,29 @@ def test_assignments_match_the_reference_transcription(model, images, knn, bound
         assert torch.equal(value, source_state[key]), key
 
 
+@pytest.mark.parametrize(("affinity", "knn"), [("rbf", 5), ("rbf", 2), ("linear", 5)])
+def test_dense_affinities_match_the_reference_transcription(model, images, affinity, knn):
+    logits, features = _source_outputs(model, images)
+    expected, steps = _reference_lame(logits.softmax(1), features, affinity=affinity, knn=knn)
+    method = LaplacianAdjustedMaximumLikelihood(model=model, affinity=affinity, knn=knn)
+    adjusted = method.predict(images)
+    torch.testing.assert_close(adjusted.exp(), expected, rtol=1e-4, atol=1e-6)
+    assert steps < 100
+    assert method.row_fields()["affinity"] == affinity
+    # Each affinity is its own graph: the three give different assignments on this batch.
+    knn_graph = LaplacianAdjustedMaximumLikelihood(model=model, knn=knn).predict(images)
+    assert not torch.allclose(adjusted, knn_graph)
+
+
+def test_dense_affinities_keep_the_source_prediction_for_one_image(model, images):
+    logits, _ = _source_outputs(model, images)
+    for affinity in ("rbf", "linear"):
+        single = LaplacianAdjustedMaximumLikelihood(model=model, affinity=affinity)
+        adjusted = single.predict(images[:1])
+        assert torch.isfinite(adjusted).all()  # sigma = 0 for one point: floored, not 0/0
+        assert adjusted.argmax(1) == logits[:1].argmax(1)
+
+
 def test_batch_of_one_and_zero_lambda_give_the_source_prediction(model, images):
     logits, _ = _source_outputs(model, images)
     method = LaplacianAdjustedMaximumLikelihood(model=model)
@@ -112,6 +153,10 @@ def test_named_classifier_and_clear_errors(model, images):
         LaplacianAdjustedMaximumLikelihood(model=_UnusedLinear(model)).predict(images[:4])
     with pytest.raises(ConfigurationError, match="knn"):
         LaplacianAdjustedMaximumLikelihood(model=model, knn=0)
+    with pytest.raises(ConfigurationError, match="method.affinity must be one of"):
+        LaplacianAdjustedMaximumLikelihood(model=model, affinity="gaussian")
+    with pytest.raises(ConfigurationError, match="knn=1 gives sigma=0"):
+        LaplacianAdjustedMaximumLikelihood(model=model, affinity="rbf", knn=1)
 
 
 class _AuxiliaryHead(nn.Module):

@@ -6,9 +6,14 @@ The model is not changed at all (eval mode, source statistics, no gradient): LAM
 corrects the batch's output probabilities. For a batch of N images with source probabilities
 ``p`` and penultimate features ``f``:
 
-* the affinity ``W`` is the kNN graph of the L2-normalized features (``W_ij = 1`` when j is
-  one of the ``knn`` nearest neighbours of i by Euclidean distance, itself excluded; not
-  symmetrized, as the paper's default),
+* the affinity ``W`` is computed on the L2-normalized features, one of the reference's three
+  (``affinity``): ``knn``, the kNN graph (``W_ij = 1`` when j is one of the ``knn`` nearest
+  neighbours of i by Euclidean distance, itself excluded; not symmetrized); ``rbf``, the dense
+  Gaussian kernel ``exp(-d_ij^2 / (2 sigma^2))`` (diagonal included) with ``sigma`` the batch
+  mean of each point's distance to its ``knn``-th nearest point counting itself (so its
+  ``knn - 1``-th neighbour), as the reference computes it; ``linear``, the dense dot products
+  ``f_i . f_j`` (diagonal included). The reference's configuration default is ``rbf`` with
+  ``knn`` 5; its validation grid is these three affinities x ``knn`` 1, 3, 5,
 * the assignments ``Y`` minimize ``sum_i KL(y_i || p_i) - bound_lambda * sum_ij W_ij y_i.y_j``
   by the paper's concave-convex bound iterations: ``Y <- softmax(log p + bound_lambda W Y)``
   from ``Y = p``, at most ``max_steps`` times, stopping when the energy
@@ -17,7 +22,9 @@ corrects the batch's output probabilities. For a batch of N images with source p
 
 The logits returned are ``log Y`` (the log-softmax of the last iteration's exponent, finite
 where ``Y`` underflows); their argmax is LAME's prediction. A batch of one image has no
-neighbours, so ``Y = p`` and LAME returns the source prediction.
+neighbours: with ``knn`` ``Y = p``; ``rbf`` and ``linear`` keep the self-affinity, which
+sharpens ``Y`` but keeps its argmax, the source prediction. A batch whose points all coincide
+has ``sigma = 0``; it is floored at the smallest positive float so the kernel stays finite.
 
 Features: the input of the classifier, caught by a forward pre-hook. The classifier is found
 generically: the last ``nn.Linear`` in module order whose output width equals the logits'
@@ -56,6 +63,24 @@ def knn_affinity(features: torch.Tensor, knn: int) -> torch.Tensor:
     return affinity.scatter_(1, nearest, 1.0)
 
 
+def rbf_affinity(features: torch.Tensor, knn: int) -> torch.Tensor:
+    """[N, N] Gaussian kernel, bandwidth the mean distance to the ``knn``-th nearest point
+    (the point itself counted first, as in the reference)."""
+    distances = torch.cdist(features, features, compute_mode="donot_use_mm_for_euclid_dist")
+    kth_distance = distances.topk(min(knn, features.shape[0]), dim=1, largest=False).values[:, -1]
+    sigma = kth_distance.mean().clamp(min=torch.finfo(features.dtype).tiny)
+    # Scaled before squaring: a floored sigma squared would underflow to 0 (0/0 on the diagonal).
+    return torch.exp(-(distances / sigma).square() / 2)
+
+
+def linear_affinity(features: torch.Tensor, knn: int) -> torch.Tensor:
+    """[N, N] dot products of the (normalized) features; ``knn`` is not used."""
+    return features.matmul(features.T)
+
+
+AFFINITIES = {"knn": knn_affinity, "rbf": rbf_affinity, "linear": linear_affinity}
+
+
 def laplacian_assignments(
     probabilities: torch.Tensor, affinity: torch.Tensor, *, bound_lambda: float, max_steps: int
 ) -> torch.Tensor:
@@ -87,15 +112,28 @@ class LaplacianAdjustedMaximumLikelihood(Method):
         self,
         *,
         model: nn.Module,
+        affinity: str = "knn",
         knn: int = 5,
         bound_lambda: float = 1.0,
         max_steps: int = 100,
         classifier: str | None = None,
     ) -> None:
+        if affinity not in AFFINITIES:
+            raise ConfigurationError(
+                f"method.affinity must be one of {sorted(AFFINITIES)} (the reference's kNN "
+                f"graph, Gaussian kernel or dot products), got {affinity!r}."
+            )
         check_positive("knn", knn, integer=True)
+        if affinity == "rbf" and knn < 2:
+            raise ConfigurationError(
+                "method.affinity=rbf takes its bandwidth from the knn-th nearest point counting "
+                "the point itself, so knn=1 gives sigma=0 (an identity kernel: the source "
+                "prediction; the reference divides 0 by 0); use method.knn=2 or more."
+            )
         check_positive("bound_lambda", bound_lambda, zero=True)
         check_positive("max_steps", max_steps, integer=True)
         super().__init__(model=model)
+        self.affinity = affinity
         self.knn = knn
         self.bound_lambda = float(bound_lambda)
         self.max_steps = max_steps
@@ -141,7 +179,7 @@ class LaplacianAdjustedMaximumLikelihood(Method):
                 self._check_features(features, logits)
             features = F.normalize(features.float().flatten(1), p=2, dim=1)
             probabilities = logits.float().softmax(1)
-            affinity = knn_affinity(features, self.knn)
+            affinity = AFFINITIES[self.affinity](features, self.knn)
             return laplacian_assignments(
                 probabilities, affinity, bound_lambda=self.bound_lambda, max_steps=self.max_steps
             )
@@ -163,7 +201,7 @@ class LaplacianAdjustedMaximumLikelihood(Method):
 
     def row_fields(self) -> dict[str, Any]:
         return {
-            "affinity": "knn",
+            "affinity": self.affinity,
             "knn": self.knn,
             "bound_lambda": self.bound_lambda,
             "max_steps": self.max_steps,
