@@ -7,11 +7,13 @@ The slice is fixed and seeded: 3 corruptions x severities 1, 3, 5 plus clean, th
 Fashion-MNIST test images, batch 100, seed 0, and the quickly trained source model
 (``model.epochs=0.1``, the same override tests/conftest.py applies to every test config; its
 weights are committed, :data:`MODEL_CHECKPOINT`), for
-source, bn (batch), bn (samples, n=32), tent, dmc (exact, K=512 source images) and AdvBN
-(0.02 epochs) + bn. ``results/fashion_mnist_c/ci_slice.csv`` holds its rows from a real run;
-``tests/test_regression_baseline.py`` re-runs every setup through ``runner.run`` with
-conftest's ``make_config`` and the overrides of :func:`setup_overrides`, and compares the
-cells with :mod:`robustbench_bn.report.compare`, so a change that moves a number fails CI.
+source, bn (batch), bn (samples, n=32), tent, dmc (exact, K=512 source images), AdvBN
+(0.02 epochs) + bn, and the BN-family baselines eata (Fisher from 500 training images), sar,
+lame and dua with their defaults. ``results/fashion_mnist_c/ci_slice.csv`` holds its rows
+from a real run; ``tests/test_regression_baseline.py`` re-runs every setup through
+``runner.run`` with conftest's ``make_config`` and the overrides of :func:`setup_overrides`,
+and compares the cells with :mod:`robustbench_bn.report.compare`, so a change that moves a
+number fails CI.
 
 Regenerate the baseline (only for a change meant to move numbers, and say so in the commit):
 
@@ -52,6 +54,10 @@ SETUPS: dict[str, tuple[str, ...]] = {
     "tent": ("method=tent",),
     "dmc": ("method=dmc", "method.num_source_images=512"),
     "advbn_bn": ("finetune=advbn", "finetune.epochs=0.02", "method=bn"),
+    "eata": ("method=eata", "method.num_fisher_samples=500"),
+    "sar": ("method=sar",),
+    "lame": ("method=lame",),
+    "dua": ("method=dua",),
 }
 #: Cells per setup: clean + 3 corruptions x 3 severities.
 CELLS_PER_SETUP = 10

@@ -4,7 +4,8 @@ Each setup of :mod:`robustbench_bn.regression` runs for real through
 ``runner.run`` on a config from conftest's ``make_config`` (the quick 0.1-epoch model, the
 session's cache) and is compared cell by cell with ``results/fashion_mnist_c/ci_slice.csv``
 within :data:`~robustbench_bn.regression.TOLERANCE`. The cheap setups run with the
-fast tests; dmc (source quantiles) and AdvBN (a fine-tune) are marked ``slow``.
+fast tests; dmc (source quantiles), AdvBN (a fine-tune) and dua (5,120 augmented forwards per
+cell, about 15 s) are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from robustbench_bn.report import compare
 from robustbench_bn.runner import run
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "fashion_mnist_c" / "ci_slice.csv"
-SLOW_SETUPS = {"dmc", "advbn_bn"}
+SLOW_SETUPS = {"dmc", "advbn_bn", "dua"}
 
 
 def _setup_key(frame: pd.DataFrame) -> pd.Series:
