@@ -99,7 +99,28 @@ def test_gpu_decode_matches_the_cpu_decode_closely(tmp_path):
     assert torch.equal(cpu_labels, gpu_labels)
     assert trees["cuda"].row_fields()["decode_device"] == "cuda"
     difference = (gpu_images.cpu().int() - cpu_images.int()).abs()
-    # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by rounding only.
-    print(f"nvJPEG vs libjpeg-turbo: max |diff| {int(difference.max())}, mean "
+    print(f"nvJPEG vs libjpeg-turbo, 4:2:0: max |diff| {int(difference.max())}, mean "
           f"{float(difference.float().mean()):.4f} uint8 levels")  # fmt: skip
-    assert float(difference.float().mean()) < 1.0 and int(difference.max()) <= 16
+    # Measured on an H200 (torch 2.11): mean 2.83, max 25 on these noisy colour ramps. Most of
+    # it is chroma upsampling (libjpeg-turbo interpolates the half-resolution chroma), which is
+    # why decode_device defaults to cpu; see scripts/jpeg_decoder_difference.py.
+    assert float(difference.float().mean()) < 4.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG decoding needs a CUDA device")
+def test_gpu_decode_of_unsubsampled_jpegs_differs_by_rounding_only(tmp_path):
+    """Without chroma subsampling (4:4:4) nothing is upsampled: what remains between the two
+    decoders is the IDCT's and the colour conversion's rounding."""
+    from robustbench_bn.data.jpeg import decode_on_cpu, decode_on_gpu, read_jpeg_bytes
+
+    paths = []
+    for index, path in enumerate(textured_jpegs(tmp_path / "420", 6)):
+        pixels = np.array(Image.open(path).convert("RGB"))
+        paths.append(tmp_path / f"full_chroma_{index}.JPEG")
+        Image.fromarray(pixels).save(paths[-1], format="JPEG", quality=85, subsampling=0)
+    on_cpu = torch.stack([decode_on_cpu(path, SIZE) for path in paths])
+    on_gpu = decode_on_gpu([read_jpeg_bytes(path) for path in paths], paths, SIZE, "cuda")
+    difference = (on_gpu.cpu().int() - on_cpu.int()).abs()
+    print(f"nvJPEG vs libjpeg-turbo, 4:4:4: max |diff| {int(difference.max())}, mean "
+          f"{float(difference.float().mean()):.4f} uint8 levels")  # fmt: skip
+    assert float(difference.float().mean()) < 0.5 and int(difference.max()) <= 4
