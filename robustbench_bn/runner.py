@@ -51,6 +51,7 @@ from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.methods.base import Method
 from robustbench_bn.models.checks import check_model_outputs
 from robustbench_bn.results import JobRows, accuracy_table
+from robustbench_bn.utils.devices import resolve_device
 from robustbench_bn.utils.environment import environment
 from robustbench_bn.utils.files import atomic_write_text, stable_hash
 from robustbench_bn.utils.tables import markdown_table
@@ -118,17 +119,6 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
         if isinstance(error.__cause__, ConfigurationError):
             raise error.__cause__ from None
         raise
-
-
-def _resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(
-            f"runner.device={requested} but no CUDA device is available; use runner.device=cpu."
-        )
-    return device
 
 
 def _check_corruptions(requested: list[str], available: tuple[str, ...], dataset: str) -> None:
@@ -327,7 +317,7 @@ def run(cfg: DictConfig, *, model: torch.nn.Module | None = None) -> pd.DataFram
     check_order(_order(runner), _label_shift_alpha(runner))
     check_stream(_stream(runner))
     torch.manual_seed(int(cfg.seed))
-    device = _resolve_device(str(runner.device))
+    device = resolve_device(runner.device, setting="runner.device")
     job_hash = config_hash(cfg)
     rows = JobRows(output_dir, config_hash=job_hash)
 

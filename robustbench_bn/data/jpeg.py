@@ -27,31 +27,14 @@ from pathlib import Path
 import torch
 
 from robustbench_bn.errors import ConfigurationError
+from robustbench_bn.utils.devices import resolve_device
 
 DECODE_DEVICES = ("cpu", "cuda", "auto")
 
 
 def resolve_decode_device(requested: str) -> str:
     """``cpu``, ``cuda`` (or ``cuda:N``), or ``auto`` (CUDA when available)."""
-    requested = str(requested)
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, TypeError) as error:
-        raise ConfigurationError(
-            f"dataset.decode_device={requested!r} is not a device; use cpu, cuda or auto."
-        ) from error
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigurationError(
-            f"dataset.decode_device={requested!r}: JPEGs decode on cpu or cuda (or auto)."
-        )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(
-            f"dataset.decode_device={requested!r} but this machine has no CUDA device; use "
-            "dataset.decode_device=cpu (or auto)."
-        )
-    return str(device)
+    return str(resolve_device(requested, setting="dataset.decode_device"))
 
 
 def read_jpeg_bytes(path: Path) -> torch.Tensor:
