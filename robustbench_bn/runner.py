@@ -50,7 +50,7 @@ from robustbench_bn.data.streams import (
 from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.methods.base import Method
 from robustbench_bn.models.checks import check_model_outputs
-from robustbench_bn.results import JobRows, accuracy_table
+from robustbench_bn.results import JobRows, accuracy_table, finetune_params
 from robustbench_bn.utils.environment import environment
 from robustbench_bn.utils.files import atomic_write_text, stable_hash
 from robustbench_bn.utils.tables import markdown_table
@@ -422,6 +422,9 @@ def _evaluate_remaining(
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "finetune": cfg.finetune.name,
+        # Split point, epochs, learning rate, attack, augmentation, seed, ...: what the
+        # fine-tuned weights depend on, as method_params is for the method.
+        "finetune_params": finetune_params(OmegaConf.to_container(cfg.finetune, resolve=True)),
         "method": cfg.method.name,
         "method_params": json.dumps(method.row_fields(), sort_keys=True),
         **benchmark.row_fields(),
