@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from typing import Any
 import pandas as pd
 import torch
 from hydra.errors import InstantiationException
+from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -108,6 +110,38 @@ RUNNER_KEYS = ("name", "corruptions", "severities", "include_clean")
 def _builder_arguments(node: DictConfig) -> dict[str, Any]:
     container = OmegaConf.to_container(node, resolve=True)
     return {key: value for key, value in container.items() if key not in RUNNER_KEYS}
+
+
+#: Builder arguments the runner passes itself, never the config.
+SUPPLIED_BY_RUNNER = ("self", "model", "training_images", "cache_key")
+
+
+def check_settings_taken(node: dict[str, Any], section: str, choice: str) -> None:
+    """Refuse settings that the builder of ``section`` (``method=choice``) does not take, with
+    their names and the ones it does, before Hydra turns them into a raw TypeError."""
+    target = node.get("_target_")
+    if not target:
+        return
+    try:
+        builder = get_object(str(target))
+        parameters = inspect.signature(builder).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return  # Hydra's own error names a target it cannot import
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return
+    taken = [name for name in parameters if name not in SUPPLIED_BY_RUNNER]
+    unknown = sorted(key for key in node if not key.startswith("_") and key not in parameters)
+    if unknown:
+        close = {name: difflib.get_close_matches(name, taken, n=1) for name in unknown}
+        hints = "".join(f" Did you mean {section}.{c[0]}?" for c in close.values() if c)
+        accepted = f"It takes: {', '.join(taken)}." if taken else "It takes no settings."
+        raise ConfigurationError(
+            f"{section}={choice} takes no setting {', '.join(unknown)}.{hints} {accepted} "
+            f"Settings written for another {section} (an experiment preset's, or "
+            f"'+{section}.{unknown[0]}=...' on the command line) do not carry over: remove "
+            f"them (e.g. '~{section}.{unknown[0]}'), or put a preset's settings for one "
+            f"{section} in conf/experiment_{section}/<experiment>/<{section}>.yaml."
+        )
 
 
 def instantiate(node: Any, **kwargs: Any) -> Any:
@@ -326,6 +360,8 @@ def run(cfg: DictConfig, *, model: torch.nn.Module | None = None) -> pd.DataFram
         raise ConfigurationError(f"runner.batch_size must be >= 1, got {runner.batch_size}.")
     check_order(_order(runner), _label_shift_alpha(runner))
     check_stream(_stream(runner))
+    for section in ("finetune", "method"):  # before any data is read or model trained
+        check_settings_taken(_builder_arguments(cfg[section]), section, str(cfg[section].name))
     torch.manual_seed(int(cfg.seed))
     device = _resolve_device(str(runner.device))
     job_hash = config_hash(cfg)
