@@ -64,6 +64,7 @@ BASELINE_COLUMNS = (
     "dataset",
     "model",
     "finetune",
+    "finetune_params",
     "method",
     "method_params",
     "corruption",
