@@ -101,9 +101,9 @@ def test_gpu_decode_matches_the_cpu_decode_closely(tmp_path):
     difference = (gpu_images.cpu().int() - cpu_images.int()).abs()
     print(f"nvJPEG vs libjpeg-turbo, 4:2:0: max |diff| {int(difference.max())}, mean "
           f"{float(difference.float().mean()):.4f} uint8 levels")  # fmt: skip
-    # Measured on an H200 (torch 2.11): mean 2.83, max 25 on these noisy colour ramps. Most of
-    # it is chroma upsampling (libjpeg-turbo interpolates the half-resolution chroma), which is
-    # why decode_device defaults to cpu; see scripts/jpeg_decoder_difference.py.
+    # Measured on an H200 (torch 2.11): mean 2.83, max 25 on these noisy colour ramps. It is
+    # chroma upsampling (libjpeg-turbo interpolates the half-resolution chroma; 4:4:4 files
+    # decode bit-identically, below), which is why decode_device defaults to cpu.
     assert float(difference.float().mean()) < 4.0
 
 
