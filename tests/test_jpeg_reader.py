@@ -141,15 +141,24 @@ def test_the_reader_reads_ahead_along_a_followed_order(tmp_path):
     reader.close()
 
 
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs CUDA")
+
+
+@pytest.mark.parametrize("decode_device", ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)])
 @pytest.mark.parametrize("order", ["shuffled", "label_shift"])
-def test_a_shuffled_cell_of_a_tree_decodes_ahead_with_the_same_pixels(tmp_path, order):
+def test_a_shuffled_cell_of_a_tree_decodes_ahead_with_the_same_pixels(
+    tmp_path, order, decode_device
+):
     """Sequential cells were decoded ahead of the runner, shuffled ones batch by batch on
-    request: the tree now follows the stream's order, pixel for pixel the stored images."""
+    request: the tree now follows the stream's order, pixel for pixel the stored images
+    (with nvJPEG the threads read the files ahead and each batch decodes on the GPU)."""
     from robustbench_bn.data.benchmark import Cell
     from robustbench_bn.data.streams import build_stream, iterate_stream
 
     root = _tree(tmp_path / "tree", 12)
-    options = dict(name="tiny_imagenet_c", root=str(root), num_classes=2)
+    options = dict(
+        name="tiny_imagenet_c", root=str(root), num_classes=2, decode_device=decode_device
+    )
     tree = ImageTreeCorrupted(**options, num_workers=2)
     cell = Cell("fog", 1)
     stream = build_stream(tree, [cell], order=order, label_shift_alpha=0.5, seed=0)
