@@ -293,6 +293,13 @@ def _protocol_suffixes(rows: pd.DataFrame, protocol: list[str]) -> pd.Series:
     return suffixes
 
 
+def setup_labels(rows: pd.DataFrame, protocol: list[str]) -> pd.Series:
+    """Each row's setup label: ``[finetune+]method[(params)]`` plus `` [field=value]`` for the
+    protocol fields (of ``protocol``) that tell apart setups of one method."""
+    base = _base_labels(rows)
+    return base + _protocol_suffixes(rows.assign(label=base), protocol)
+
+
 def _config_differences(folders: list[str]) -> list[str]:
     """Settings that differ between the job.json configs of ``folders``, leaving out paths,
     display and the cell plan; these are settings that the rows themselves do not record."""
