@@ -155,3 +155,25 @@ def test_the_seeds_preset_sweeps_three_seeds():
     preset = Path(robustbench_bn.__file__).parent / "conf" / "experiment" / "seeds.yaml"
     params = OmegaConf.load(preset).hydra.sweeper.params
     assert str(params.seed) == "0,1,2" and "bn" in str(params.method).split(",")
+
+
+def test_differences_are_paired_by_seed(tmp_path):
+    _three_seeds_of_bn(tmp_path)
+    # tent is 1, 2, 3 points above bn under seeds 0, 1, 2: the paired difference is 2 ± 1.
+    for seed in (0, 1, 2):
+        gain = seed + 1.0
+        _job(
+            tmp_path / f"tent{seed}", _rows("tent", (80 + seed + gain, 90 + seed + gain), seed=seed)
+        )
+    _job(tmp_path / "source", _rows("source", (40.0, 60.0), seed=0))
+    text = cli.build_report([tmp_path], tmp_path / "out", make_plots=False)
+    folder = tmp_path / "out" / "fashion_mnist_c__toy"
+    differences = pd.read_csv(folder / "paired_differences.csv").set_index(["setup", "reference"])
+    tent_minus_bn = differences.loc[("tent", "bn")]
+    assert tent_minus_bn["paired_seeds"] == 3
+    assert tent_minus_bn["mean_difference_accuracy"] == pytest.approx(2.0)
+    assert tent_minus_bn["std_of_difference"] == pytest.approx(1.0)
+    assert differences.loc[("bn", "tent"), "mean_difference_accuracy"] == pytest.approx(-2.0)
+    # source has one seed: one pair, no spread, left empty in the matrix.
+    assert differences.loc[("bn", "source"), "paired_seeds"] == 1
+    assert "| tent |  | +2.00 ± 1.00 (3) |  |" in text

@@ -8,6 +8,8 @@ cell found twice is an error; ``keep="newest"`` keeps the most recently finished
 
 Setups that differ only in a protocol field (two seeds, two batch sizes) are not duplicates:
 they get distinct labels, e.g. ``bn [seed=1]``, so no table silently averages over them.
+Averaging over seeds is a separate, explicit step (:mod:`robustbench_bn.report.seeds`): it
+merges only setups whose every other column is equal, and says which columns it merged over.
 The fine-tune's settings (AdvBN's split point, epochs, attack, ...) are in every row
 (``finetune_params``); the model's settings (training epochs, ...) are not, and are read from
 the job folder's job.json into ``model_params``, as are the fine-tune's for rows written

@@ -11,6 +11,11 @@ corruption x severity table per setup, comparison tables (per corruption, per se
 overall), a summary (clean error, mean error, mCE and relative mCE where AlexNet's errors are
 declared) as Markdown, CSV and LaTeX, and the figures as PNG and PDF; when a sweep varied
 the batch size, n or N, also the metric against it (:mod:`robustbench_bn.report.sweeps`).
+Every summary gives the binomial standard error of each setup's mean over cells, and
+seeds.csv the per-seed means. When a setup was run under several seeds (``experiment=seeds``)
+its seeds are averaged (:mod:`robustbench_bn.report.seeds`): the tables show the mean over
+seeds, the summary ± the sample standard deviation over seeds, and paired_differences.csv
+the difference between setups paired by seed.
 The second compares a run with a reference CSV cell by cell and exits 1 when a cell moved
 or is missing.
 Exit status 2 means bad input (no rows, duplicated cells, unreadable files).
@@ -99,6 +104,25 @@ def build_report(
                     seeds.formatted_summary(over.reset_index(), metric),
                     folder,
                     "summary_over_seeds",
+                    "setup",
+                )
+                + "\n"
+            )
+            per_seed = tidy[tidy["row"] == "seed"]
+            differences = seeds.paired_differences(per_seed, metric)
+            atomic_write_text(
+                folder / "paired_differences.csv",
+                differences.to_csv(index=False, float_format="%.4f"),
+            )
+            summary.append(
+                f"{metric} (%) difference between setups, row minus column, paired by seed "
+                "(the same seed and data_seed: the same corruption draws): mean ± sample "
+                "standard deviation over the paired seeds (their number); empty where two "
+                "setups share fewer than two seeds:\n\n"
+                + formats.write_all_formats(
+                    seeds.difference_matrix(differences, metric, aggregate.ordered_labels(group)),
+                    folder,
+                    "paired_differences_matrix",
                     "setup",
                 )
                 + "\n"

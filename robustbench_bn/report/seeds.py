@@ -310,3 +310,66 @@ def formatted_summary(over: pd.DataFrame, metric: str) -> pd.DataFrame:
         for _, row in over.iterrows()
     ]
     return table
+
+
+def paired_differences(per_seed: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per ordered pair of setups of one dataset and model: over the seeds both ran with (equal
+    ``seed`` and ``data_seed``: the same corruption draws and streams), the mean and the sample
+    standard deviation of the difference of their per-seed means (``setup`` minus
+    ``reference``, in points of ``metric``).
+
+    Pairing takes out what the seeds share: a corruption draw that is hard for one method is
+    hard for the other, so the spread of the difference is smaller than either spread alone.
+    """
+    column = f"mean_{metric}"
+    records = []
+    for (dataset, model), frame in per_seed.groupby(["dataset", "model"], sort=False):
+        values = frame.pivot_table(
+            index=["seed", "data_seed"], columns="setup", values=column, aggfunc="first"
+        )
+        setups = list(dict.fromkeys(frame["setup"]))
+        for setup in setups:
+            for reference in setups:
+                if setup == reference:
+                    continue
+                difference = (values[setup] - values[reference]).dropna()
+                records.append(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "setup": setup,
+                        "reference": reference,
+                        "paired_seeds": len(difference),
+                        f"mean_difference_{metric}": float(difference.mean())
+                        if len(difference)
+                        else math.nan,
+                        "std_of_difference": float(difference.std(ddof=1))
+                        if len(difference) > 1
+                        else math.nan,
+                    }
+                )
+    return pd.DataFrame(
+        records,
+        columns=[
+            "dataset",
+            "model",
+            "setup",
+            "reference",
+            "paired_seeds",
+            f"mean_difference_{metric}",
+            "std_of_difference",
+        ],
+    )
+
+
+def difference_matrix(differences: pd.DataFrame, metric: str, setups: list[str]) -> pd.DataFrame:
+    """Row minus column, ``+0.07 ± 0.03 (3)`` (mean ± sample std over the paired seeds, their
+    number); empty where two setups share fewer than two seeds."""
+    table = pd.DataFrame("", index=setups, columns=setups, dtype=object)
+    for _, row in differences.iterrows():
+        if row["paired_seeds"] > 1:
+            table.loc[row["setup"], row["reference"]] = (
+                f"{row[f'mean_difference_{metric}']:+.2f} ± {row['std_of_difference']:.2f} "
+                f"({row['paired_seeds']})"
+            )
+    return table
