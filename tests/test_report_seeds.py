@@ -75,7 +75,7 @@ def test_mean_and_sample_std_over_seeds_by_hand(tmp_path):
     text = cli.build_report([tmp_path / "runs"], tmp_path / "out", make_plots=False)
     folder = tmp_path / "out" / "fashion_mnist_c__toy"
 
-    tidy = pd.read_csv(folder / "seeds.csv", dtype={"seed": str, "data_seed": str})
+    tidy = pd.read_csv(folder / "seed_means.csv", dtype={"seed": str, "data_seed": str})
     bn = tidy[tidy["setup"] == "bn"]
     assert bn["row"].tolist() == ["seed", "seed", "seed", "mean over seeds"]
     assert bn["mean_accuracy"].tolist() == pytest.approx([85.0, 86.0, 87.0, 86.0])

@@ -12,10 +12,10 @@ overall), a summary (clean error, mean error, mCE and relative mCE where AlexNet
 declared) as Markdown, CSV and LaTeX, and the figures as PNG and PDF; when a sweep varied
 the batch size, n or N, also the metric against it (:mod:`robustbench_bn.report.sweeps`).
 Every summary gives the binomial standard error of each setup's mean over cells, and
-seeds.csv the per-seed means. When a setup was run under several seeds (``experiment=seeds``)
-its seeds are averaged (:mod:`robustbench_bn.report.seeds`): the tables show the mean over
-seeds, the summary ± the sample standard deviation over seeds, and paired_differences.csv
-the difference between setups paired by seed.
+seed_means.csv the per-seed means. When a setup was run under several seeds
+(``experiment=seeds``) its seeds are averaged (:mod:`robustbench_bn.report.seeds`): the
+tables show the mean over seeds, the summary ± the sample standard deviation over seeds, and
+paired_differences.csv the difference between setups paired by seed.
 The second compares a run with a reference CSV cell by cell and exits 1 when a cell moved
 or is missing.
 Exit status 2 means bad input (no rows, duplicated cells, unreadable files).
@@ -69,7 +69,7 @@ def build_report(
 
         groups = seeds.group_seeds(group)
         tidy = seeds.tidy_table(groups)
-        atomic_write_text(folder / "seeds.csv", tidy.to_csv(index=False, float_format="%.4f"))
+        atomic_write_text(folder / "seed_means.csv", tidy.to_csv(index=False, float_format="%.4f"))
         over = tidy[tidy["row"] == "mean over seeds"].set_index("setup")
         if groups.has_several_seeds:
             # Every table below shows a setup's cells averaged over its seeds.
@@ -99,7 +99,7 @@ def build_report(
                 "seeds ± sample standard deviation over seeds (number of seeds); setups "
                 "that differ only in the columns "
                 f"{', '.join(groups.aggregated_over)} are one setup, every other setup and "
-                "protocol column is equal within it (per seed: seeds.csv):\n\n"
+                "protocol column is equal within it (per seed: seed_means.csv):\n\n"
                 + formats.write_all_formats(
                     seeds.formatted_summary(over.reset_index(), metric),
                     folder,

@@ -50,7 +50,7 @@ SEED_COLUMNS = ("seed", "data_seed")
 SEED_PARAMETER = "seed"
 #: Parameters column -> the name its seed gets in the output (``method_params.seed``).
 PARAMETER_COLUMNS = {"method_params": "method_params", "finetune_params": "finetune_params"}
-#: The columns of the tidy per-seed CSV (seeds.csv), in order.
+#: The columns of the tidy per-seed CSV (seed_means.csv), in order.
 TIDY_COLUMNS = (
     "dataset",
     "model",
@@ -207,7 +207,22 @@ def per_seed_means(groups: SeedGroups) -> pd.DataFrame:
                 "aggregated_over": "",
             }
         )
+    # Seeds in numeric order within each setup (folders are read in path order, not seed order).
+    records.sort(
+        key=lambda record: [
+            _natural(record[column])
+            for column in ("seed", "data_seed", "method_seed", "finetune_seed")
+        ]
+    )
     return pd.DataFrame(records, columns=list(TIDY_COLUMNS))
+
+
+def _natural(value: str) -> tuple[int, float, str]:
+    """Numbers before text, numbers by value: "2" before "10"."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def over_seeds(per_seed: pd.DataFrame, aggregated_over: list[str]) -> pd.DataFrame:
@@ -245,7 +260,7 @@ def over_seeds(per_seed: pd.DataFrame, aggregated_over: list[str]) -> pd.DataFra
 
 
 def tidy_table(groups: SeedGroups) -> pd.DataFrame:
-    """Per setup its per-seed rows followed by its ``mean over seeds`` row (seeds.csv), the
+    """Per setup its per-seed rows followed by its ``mean over seeds`` row (seed_means.csv), the
     setups in the report's order."""
     per_seed = per_seed_means(groups)
     aggregate_rows = over_seeds(per_seed, groups.aggregated_over)
