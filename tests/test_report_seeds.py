@@ -176,4 +176,4 @@ def test_differences_are_paired_by_seed(tmp_path):
     assert differences.loc[("bn", "tent"), "mean_difference_accuracy"] == pytest.approx(-2.0)
     # source has one seed: one pair, no spread, left empty in the matrix.
     assert differences.loc[("bn", "source"), "paired_seeds"] == 1
-    assert "| tent |  | +2.00 ± 1.00 (3) |  |" in text
+    assert "| tent |  | +2.000 ± 1.000 (3) |  |" in text
