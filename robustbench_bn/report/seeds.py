@@ -48,8 +48,8 @@ from robustbench_bn.report.aggregate import (
 SEED_COLUMNS = ("seed", "data_seed")
 #: The key under which a method or fine-tune records its own seed in its parameters column.
 SEED_PARAMETER = "seed"
-#: Parameters column -> the name its seed gets in the output (``method_params.seed``).
-PARAMETER_COLUMNS = {"method_params": "method_params", "finetune_params": "finetune_params"}
+#: Parameters columns whose ``seed`` key is a seed too (named ``method_params.seed`` in output).
+PARAMETER_COLUMNS = ("method_params", "finetune_params")
 #: The columns of the tidy per-seed CSV (seed_means.csv), in order.
 TIDY_COLUMNS = (
     "dataset",
@@ -101,8 +101,8 @@ def _seed_frame(rows: pd.DataFrame) -> pd.DataFrame:
     seeds = pd.DataFrame(index=rows.index)
     for column in SEED_COLUMNS:
         seeds[column] = rows[column].astype(str) if column in rows else ""
-    for column, name in PARAMETER_COLUMNS.items():
-        seeds[f"{name}.{SEED_PARAMETER}"] = (
+    for column in PARAMETER_COLUMNS:
+        seeds[f"{column}.{SEED_PARAMETER}"] = (
             rows[column].map(_seed_in) if column in rows else pd.Series("", index=rows.index)
         )
     return seeds
