@@ -8,6 +8,8 @@ cell found twice is an error; ``keep="newest"`` keeps the most recently finished
 
 Setups that differ only in a protocol field (two seeds, two batch sizes) are not duplicates:
 they get distinct labels, e.g. ``bn [seed=1]``, so no table silently averages over them.
+Averaging over seeds is a separate, explicit step (:mod:`robustbench_bn.report.seeds`): it
+merges only setups whose every other column is equal, and says which columns it merged over.
 The fine-tune's settings (AdvBN's split point, epochs, attack, ...) are in every row
 (``finetune_params``); the model's settings (training epochs, ...) are not, and are read from
 the job folder's job.json into ``model_params``, as are the fine-tune's for rows written
@@ -291,6 +293,13 @@ def _protocol_suffixes(rows: pd.DataFrame, protocol: list[str]) -> pd.Series:
                     parts.append(f"{column}={_format_value(row[column])}")
             suffixes[index] = " [" + ", ".join(parts) + "]"
     return suffixes
+
+
+def setup_labels(rows: pd.DataFrame, protocol: list[str]) -> pd.Series:
+    """Each row's setup label: ``[finetune+]method[(params)]`` plus `` [field=value]`` for the
+    protocol fields (of ``protocol``) that tell apart setups of one method."""
+    base = _base_labels(rows)
+    return base + _protocol_suffixes(rows.assign(label=base), protocol)
 
 
 def _config_differences(folders: list[str]) -> list[str]:
