@@ -70,6 +70,7 @@ BASELINE_COLUMNS = (
     "dataset",
     "model",
     "finetune",
+    "finetune_params",
     "method",
     "method_params",
     "corruption",

@@ -8,7 +8,9 @@ different configuration (another ``config_hash``) are refused, never mixed.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,28 @@ STRING_COLUMNS = {
     "config_hash": str,
     "corruption": str,
     "method_params": str,
+    "finetune_params": str,
     "git_revision": str,
 }
+#: Keys of a fine-tune's config that change no number: its name (a column of its own), the
+#: function that builds it, where it caches and whether it shows progress.
+FINETUNE_KEYS_NOT_RECORDED = frozenset(
+    {"name", "_target_", "cache_dir", "data_dir", "download", "progress"}
+)
 log = logging.getLogger(__name__)
+
+
+def finetune_params(settings: Mapping[str, Any]) -> str:
+    """A fine-tune's resolved config as the ``finetune_params`` value of a row: JSON with sorted
+    keys, without the keys that change no number; ``"{}"`` for ``finetune=none``.
+
+    The runner writes it into every row, and ``rbn-report`` derives the same value from a job
+    folder's job.json for rows written before the column existed, so both spell one setup alike.
+    """
+    return json.dumps(
+        {key: value for key, value in settings.items() if key not in FINETUNE_KEYS_NOT_RECORDED},
+        sort_keys=True,
+    )
 
 
 class JobRows:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from typing import Any
 import pandas as pd
 import torch
 from hydra.errors import InstantiationException
+from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -50,7 +52,8 @@ from robustbench_bn.data.streams import (
 from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.methods.base import Method
 from robustbench_bn.models.checks import check_model_outputs
-from robustbench_bn.results import JobRows, accuracy_table
+from robustbench_bn.results import JobRows, accuracy_table, finetune_params
+from robustbench_bn.utils.devices import resolve_device
 from robustbench_bn.utils.environment import environment
 from robustbench_bn.utils.files import atomic_write_text, stable_hash
 from robustbench_bn.utils.tables import markdown_table
@@ -110,6 +113,38 @@ def _builder_arguments(node: DictConfig) -> dict[str, Any]:
     return {key: value for key, value in container.items() if key not in RUNNER_KEYS}
 
 
+#: Builder arguments the runner passes itself, never the config.
+SUPPLIED_BY_RUNNER = ("self", "model", "training_images", "cache_key")
+
+
+def check_settings_taken(node: dict[str, Any], section: str, choice: str) -> None:
+    """Refuse settings that the builder of ``section`` (``method=choice``) does not take, with
+    their names and the ones it does, before Hydra turns them into a raw TypeError."""
+    target = node.get("_target_")
+    if not target:
+        return
+    try:
+        builder = get_object(str(target))
+        parameters = inspect.signature(builder).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return  # Hydra's own error names a target it cannot import
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return
+    taken = [name for name in parameters if name not in SUPPLIED_BY_RUNNER]
+    unknown = sorted(key for key in node if not key.startswith("_") and key not in parameters)
+    if unknown:
+        close = {name: difflib.get_close_matches(name, taken, n=1) for name in unknown}
+        hints = "".join(f" Did you mean {section}.{c[0]}?" for c in close.values() if c)
+        accepted = f"It takes: {', '.join(taken)}." if taken else "It takes no settings."
+        raise ConfigurationError(
+            f"{section}={choice} takes no setting {', '.join(unknown)}.{hints} {accepted} "
+            f"Settings written for another {section} (an experiment preset's, or "
+            f"'+{section}.{unknown[0]}=...' on the command line) do not carry over: remove "
+            f"them (e.g. '~{section}.{unknown[0]}'), or put a preset's settings for one "
+            f"{section} in conf/experiment_{section}/<experiment>/<{section}>.yaml."
+        )
+
+
 def instantiate(node: Any, **kwargs: Any) -> Any:
     """Hydra's instantiate, but a user error raised by the target reaches the user unwrapped."""
     try:
@@ -118,17 +153,6 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
         if isinstance(error.__cause__, ConfigurationError):
             raise error.__cause__ from None
         raise
-
-
-def _resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(
-            f"runner.device={requested} but no CUDA device is available; use runner.device=cpu."
-        )
-    return device
 
 
 def _check_corruptions(requested: list[str], available: tuple[str, ...], dataset: str) -> None:
@@ -326,8 +350,10 @@ def run(cfg: DictConfig, *, model: torch.nn.Module | None = None) -> pd.DataFram
         raise ConfigurationError(f"runner.batch_size must be >= 1, got {runner.batch_size}.")
     check_order(_order(runner), _label_shift_alpha(runner))
     check_stream(_stream(runner))
+    for section in ("finetune", "method"):  # before any data is read or model trained
+        check_settings_taken(_builder_arguments(cfg[section]), section, str(cfg[section].name))
     torch.manual_seed(int(cfg.seed))
-    device = _resolve_device(str(runner.device))
+    device = resolve_device(runner.device, setting="runner.device")
     job_hash = config_hash(cfg)
     rows = JobRows(output_dir, config_hash=job_hash)
 
@@ -422,6 +448,9 @@ def _evaluate_remaining(
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "finetune": cfg.finetune.name,
+        # Split point, epochs, learning rate, attack, augmentation, seed, ...: what the
+        # fine-tuned weights depend on, as method_params is for the method.
+        "finetune_params": finetune_params(OmegaConf.to_container(cfg.finetune, resolve=True)),
         "method": cfg.method.name,
         "method_params": json.dumps(method.row_fields(), sort_keys=True),
         **benchmark.row_fields(),

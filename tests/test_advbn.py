@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from robustbench_bn.errors import ConfigurationError
@@ -321,6 +324,19 @@ def test_runner_applies_bn_to_the_finetuned_model(make_config):
     assert list(rows["corruption"]) == ["clean", "gaussian_noise"]
     assert (rows["finetune"] == "advbn").all() and (rows["method"] == "bn").all()
     assert (rows["accuracy"] > 30).all()
+    # Every setting the fine-tuned weights depend on is in every row, and nothing else.
+    assert rows["finetune_params"].nunique() == 1
+    recorded = json.loads(rows["finetune_params"].iloc[0])
+    expected = {
+        key: value
+        for key, value in OmegaConf.to_container(cfg.finetune, resolve=True).items()
+        if key not in ("name", "_target_", "progress")
+    }
+    assert recorded == expected
+    assert recorded["epochs"] == 0.005 and recorded["split_after"] == "stem"
+    assert {"learning_rate", "attack_bound", "augmentation", "seed", "precision"} <= set(recorded)
+    on_disk = pd.read_csv(Path(cfg.paths.output_dir) / "rows.csv")
+    assert (on_disk["finetune_params"] == rows["finetune_params"].iloc[0]).all()
 
 
 @pytest.mark.slow

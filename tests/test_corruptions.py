@@ -337,6 +337,25 @@ def test_corruption_device_is_checked_and_recorded():
             resolve_corruption_device("cuda")
 
 
+def test_cpu_draws_ignore_the_engine_device_context():
+    """On a GPU the engine works inside ``torch.device("cuda")`` while the per-image draws
+    run on the CPU generators; torch's samplers must not follow the context (they did, and
+    motion blur, snow, frost and elastic failed on CUDA input). The meta device stands in for
+    the GPU here: the draws must consume the same numbers as outside any context."""
+    from robustbench_bn.data.corruptions import sampling
+
+    plain = sampling.generators_for(torch.tensor([3, 4]))
+    in_context = sampling.generators_for(torch.tensor([3, 4]))
+    expected = sampling.uniform(plain, (3, 2), -1.0, 1.0)
+    with torch.device("meta"):
+        drawn = sampling.uniform(in_context, (3, 2), -1.0, 1.0)
+        sampling.normal(in_context, (5,))
+    sampling.normal(plain, (5,))
+    assert drawn.device.type == "meta" and drawn.shape == expected.shape
+    for left, right in zip(plain, in_context, strict=True):
+        assert torch.equal(left.get_state(), right.get_state())
+
+
 @pytest.mark.parametrize("name", ALL_CORRUPTIONS)
 def test_input_device_work_matches_cpu_work(name, images):
     """device=None works where the images are; on a CPU machine that must be the CPU result,

@@ -108,7 +108,38 @@ def _reference_steps(model, batches, *, fishers, fisher_alpha, e_margin, d_margi
     return outputs_per_batch, dict(reference.named_parameters())
 
 
-def test_fisher_and_updates_match_the_reference_transcription(model, batches, fashion_images):
+@pytest.fixture
+def matches_reference(model, batches):
+    """``matches_reference(method, fishers=..., fisher_alpha=...)``: runs ``method`` (built on
+    ``model``) over ``batches`` and the reference's steps from a copy of the untouched model
+    (lr 0.01, the default margins), and asserts equal logits and updated parameters."""
+    source = copy.deepcopy(model)
+
+    def check(method, *, fishers, fisher_alpha, parameter_tolerance=(None, None)):
+        logits = [method.predict(batch) for batch in batches]
+        expected_logits, expected_parameters = _reference_steps(
+            source,
+            batches,
+            fishers=fishers,
+            fisher_alpha=fisher_alpha,
+            e_margin=0.4 * math.log(10),
+            d_margin=0.4,
+            lr=0.01,
+        )
+        for ours, theirs in zip(logits, expected_logits, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+        rtol, atol = parameter_tolerance
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(
+                parameter.detach(), expected_parameters[name].detach(), rtol=rtol, atol=atol
+            )
+
+    return check
+
+
+def test_fisher_and_updates_match_the_reference_transcription(
+    model, batches, fashion_images, matches_reference
+):
     source = copy.deepcopy(model)
     clean_uint8 = (fashion_images[0][:96] * 255).round().to(torch.uint8)
     options = dict(learning_rate=0.01, redundancy_threshold=0.4, fisher_alpha=50.0, seed=3)
@@ -129,44 +160,17 @@ def test_fisher_and_updates_match_the_reference_transcription(model, batches, fa
     assert any(float(value.abs().max()) > 0 for value in fisher)
 
     method.fishers = fisher
-    logits = [method.predict(batch) for batch in batches]
-    expected_logits, expected_parameters = _reference_steps(
-        source,
-        batches,
-        fishers=expected_fisher,
-        fisher_alpha=50.0,
-        e_margin=0.4 * math.log(10),
-        d_margin=0.4,
-        lr=0.01,
+    matches_reference(
+        method, fishers=expected_fisher, fisher_alpha=50.0, parameter_tolerance=(1e-4, 1e-6)
     )
-    for ours, theirs in zip(logits, expected_logits, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-    for name, parameter in model.named_parameters():
-        torch.testing.assert_close(
-            parameter.detach(), expected_parameters[name].detach(), rtol=1e-4, atol=1e-6
-        )
     # Both filters were exercised: some samples reliable, not all of them kept.
     assert 0 < method.selected_count < method.reliable_count < 144
 
 
-def test_without_fisher_it_is_eta_and_the_threshold_matters(model, batches):
-    source = copy.deepcopy(model)
+def test_without_fisher_it_is_eta_and_the_threshold_matters(model, matches_reference):
     method = EfficientAntiForgetting(model=model, fisher_alpha=0.0, learning_rate=0.01)
     assert not method.needs_training_data
-    logits = [method.predict(batch) for batch in batches]
-    expected_logits, expected_parameters = _reference_steps(
-        source,
-        batches,
-        fishers=None,
-        fisher_alpha=0,
-        e_margin=0.4 * math.log(10),
-        d_margin=0.4,
-        lr=0.01,
-    )
-    for ours, theirs in zip(logits, expected_logits, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-    for name, parameter in model.named_parameters():
-        torch.testing.assert_close(parameter.detach(), expected_parameters[name].detach())
+    matches_reference(method, fishers=None, fisher_alpha=0)
 
 
 def test_reset_returns_model_optimizer_and_average(model, batches):

@@ -99,7 +99,79 @@ def test_gpu_decode_matches_the_cpu_decode_closely(tmp_path):
     assert torch.equal(cpu_labels, gpu_labels)
     assert trees["cuda"].row_fields()["decode_device"] == "cuda"
     difference = (gpu_images.cpu().int() - cpu_images.int()).abs()
-    # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by rounding only.
-    print(f"nvJPEG vs libjpeg-turbo: max |diff| {int(difference.max())}, mean "
+    print(f"nvJPEG vs libjpeg-turbo, 4:2:0: max |diff| {int(difference.max())}, mean "
           f"{float(difference.float().mean()):.4f} uint8 levels")  # fmt: skip
-    assert float(difference.float().mean()) < 1.0 and int(difference.max()) <= 16
+    # Measured on an H200 (torch 2.11): mean 2.83, max 25 on these noisy colour ramps. It is
+    # chroma upsampling (libjpeg-turbo interpolates the half-resolution chroma; 4:4:4 files
+    # decode bit-identically, below), which is why decode_device defaults to cpu.
+    assert float(difference.float().mean()) < 4.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG decoding needs a CUDA device")
+def test_gpu_decode_of_unsubsampled_jpegs_differs_by_rounding_only(tmp_path):
+    """Without chroma subsampling (4:4:4) nothing is upsampled: what remains between the two
+    decoders is the IDCT's and the colour conversion's rounding."""
+    from robustbench_bn.data.jpeg import decode_on_cpu, decode_on_gpu, read_jpeg_bytes
+
+    paths = []
+    for index, path in enumerate(textured_jpegs(tmp_path / "420", 6)):
+        pixels = np.array(Image.open(path).convert("RGB"))
+        paths.append(tmp_path / f"full_chroma_{index}.JPEG")
+        Image.fromarray(pixels).save(paths[-1], format="JPEG", quality=85, subsampling=0)
+    on_cpu = torch.stack([decode_on_cpu(path, SIZE) for path in paths])
+    on_gpu = decode_on_gpu([read_jpeg_bytes(path) for path in paths], paths, SIZE, "cuda")
+    difference = (on_gpu.cpu().int() - on_cpu.int()).abs()
+    print(f"nvJPEG vs libjpeg-turbo, 4:4:4: max |diff| {int(difference.max())}, mean "
+          f"{float(difference.float().mean()):.4f} uint8 levels")  # fmt: skip
+    assert float(difference.float().mean()) < 0.5 and int(difference.max()) <= 4
+
+
+def test_the_reader_reads_ahead_along_a_followed_order(tmp_path):
+    paths = textured_jpegs(tmp_path, 12)
+    reader = JpegFiles(paths, size=SIZE, threads=2, ahead=4)
+    order = [5, 0, 9, 3, 11, 1, 7, 2, 10, 4, 8, 6]
+    reader.follow(order)
+    first = reader.read(order[:4])
+    assert set(reader._reader._queued) == set(order[4:8])  # the next batch is being decoded
+    reader.read([9, 0])  # an adaptation sample off the order: served, changes nothing ahead
+    assert set(reader._reader._queued) == set(order[4:8])
+    rest = torch.cat([reader.read(order[start : start + 4]) for start in (4, 8)])
+    expected = JpegFiles(paths, size=SIZE, threads=0).read(range(12))
+    assert torch.equal(torch.cat([first, rest]), expected[order])
+    reader.close()
+
+
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs CUDA")
+
+
+@pytest.mark.parametrize("decode_device", ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)])
+@pytest.mark.parametrize("order", ["shuffled", "label_shift"])
+def test_a_shuffled_cell_of_a_tree_decodes_ahead_with_the_same_pixels(
+    tmp_path, order, decode_device
+):
+    """Sequential cells were decoded ahead of the runner, shuffled ones batch by batch on
+    request: the tree now follows the stream's order, pixel for pixel the stored images
+    (with nvJPEG the threads read the files ahead and each batch decodes on the GPU)."""
+    from robustbench_bn.data.benchmark import Cell
+    from robustbench_bn.data.streams import build_stream, iterate_stream
+
+    root = _tree(tmp_path / "tree", 12)
+    options = dict(
+        name="tiny_imagenet_c", root=str(root), num_classes=2, decode_device=decode_device
+    )
+    tree = ImageTreeCorrupted(**options, num_workers=2)
+    cell = Cell("fog", 1)
+    stream = build_stream(tree, [cell], order=order, label_shift_alpha=0.5, seed=0)
+    assert not torch.equal(stream.indices, torch.arange(24))
+    batches = iterate_stream(tree, stream, batch_size=8)
+    images, labels, _ = next(batches)
+    queued = set(tree._reader[1]._reader._queued)
+    assert queued == set(stream.indices[8:].tolist())  # the rest of the stream, in flight
+    later = list(batches)
+    images = torch.cat([images, *(batch[0] for batch in later)])
+    labels = torch.cat([labels, *(batch[1] for batch in later)])
+    stored_images, stored_labels = ImageTreeCorrupted(**options, num_workers=0).load(
+        cell, torch.arange(24)
+    )
+    assert torch.equal(images, stored_images[stream.indices])
+    assert torch.equal(labels, stored_labels[stream.indices])

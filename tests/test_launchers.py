@@ -3,8 +3,10 @@ submitit (SLURM; tested through submitit's local executor). Each job writes its 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -59,3 +61,42 @@ def test_multirun_writes_one_folder_per_job(launcher, tmp_path, session_cache, q
         rows = pd.read_csv(path)
         assert len(rows) == 2  # clean + brightness-1
         assert (path.parent / "job.json").is_file()
+
+
+def _batch_size_sweep(sweep: Path, cache: Path, batch_sizes: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            RBN_RUN,
+            "--multirun",
+            "method=bn",
+            f"runner.batch_size={batch_sizes}",
+            f"hydra.sweep.dir={sweep}",
+            f"paths.cache_dir={cache}",
+            *(override for override in TINY if not override.startswith("runner.batch_size")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_refused_job_does_not_end_the_sweep(tmp_path, session_cache):
+    """`rbn-run -m runner.batch_size=1,2 method=bn`: batch size 1 is refused (bn with prior 0
+    needs a batch), batch size 2 still runs, the refusal is listed at the end, exit status 2."""
+    sweep = tmp_path / "sweep"
+    result = _batch_size_sweep(sweep, session_cache, "1,2")
+    assert result.returncode == 2, result.stderr[-3000:]
+    [refused] = list(sweep.rglob("refused.txt"))
+    assert not (refused.parent / "rows.csv").exists()
+    assert "runner.batch_size=1" in refused.read_text()
+    assert "needs at least 2 images per batch" in refused.read_text()
+    [rows] = list(sweep.rglob("rows.csv"))
+    assert (pd.read_csv(rows)["batch_size"] == 2).all()
+    summary = result.stderr[result.stderr.index("1 job(s) of the sweep were refused") :]
+    assert "runner.batch_size=1" in summary and str(refused.parent) in summary
+    # A later sweep into the same folder is not blamed for that earlier refusal.
+    os.utime(refused, (time.time() - 60, time.time() - 60))
+    again = _batch_size_sweep(sweep, session_cache, "2,4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "refused" not in again.stderr
+    assert len(list(sweep.rglob("rows.csv"))) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -189,3 +190,46 @@ def test_dmc_options_are_checked(model):
         DistributionMismatchCorrection(model=model, scope="pixel")
     with pytest.raises(ConfigurationError, match="layers"):
         DistributionMismatchCorrection(model=model, layers=99)
+
+
+def test_check_finite_loss_stops_nan_and_inf_and_names_the_remedy():
+    from robustbench_bn.methods.base import check_finite_loss
+
+    check_finite_loss(torch.tensor(0.5), method="m", learning_rate=0.1)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(FloatingPointError) as error:
+            check_finite_loss(torch.tensor(bad), method="m", learning_rate=0.1)
+        assert str(error.value) == (
+            "m's loss became non-finite; lower method.learning_rate (now 0.1) or use "
+            "runner.precision=fp32."
+        )
+
+
+@pytest.mark.parametrize(
+    ("module_name", "class_name", "options"),
+    [
+        ("tent", "Tent", {}),
+        ("eata", "EfficientAntiForgetting", {"fisher_alpha": 0.0}),
+        ("sar", "SharpnessAwareReliable", {}),
+    ],
+)
+def test_gradient_methods_check_every_loss_through_the_shared_helper(
+    monkeypatch, model, shifted_images, module_name, class_name, options
+):
+    """tent, eata and sar stop a non-finite loss before backward() with one helper, so the
+    check and its message cannot drift apart between them."""
+    import importlib
+
+    module = importlib.import_module(f"robustbench_bn.methods.{module_name}")
+    checked = []
+    monkeypatch.setattr(
+        module,
+        "check_finite_loss",
+        lambda loss, **names: checked.append((float(loss.detach()), names)),
+    )
+    method = getattr(module, class_name)(model=model, **options)
+    method.predict(shifted_images[0][:64])
+    assert checked, f"{module_name} never checked its loss"
+    for loss, names in checked:
+        assert math.isfinite(loss)
+        assert names == {"method": module_name, "learning_rate": method.learning_rate}

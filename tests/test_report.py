@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from robustbench_bn.data.corruptions import BENCHMARK_CORRUPTIONS
 from robustbench_bn.errors import ConfigurationError
@@ -259,6 +260,67 @@ def test_finetune_settings_from_job_json_tell_setups_apart(tmp_path):
     }
     means = aggregate.comparison_tables(loaded, "error")["by_severity"].loc["mean"]
     assert sorted(means.tolist()) == [1.0, 10.0]
+
+
+def test_finetune_params_in_rows_and_from_job_json_spell_one_setup_alike(tmp_path):
+    """Rows that carry finetune_params and older rows whose job.json says the same fine-tune
+    are one setup (so the same cell twice is a duplicate); rows without the column, or with
+    it left blank, still load."""
+    from robustbench_bn.results import finetune_params
+
+    settings = {"name": "advbn", "epochs": 1, "split_after": "stem", "progress": True}
+    new = _rows("cifar10_c", "bn", lambda c, s: 10.0, finetune="advbn")
+    new["finetune_params"] = finetune_params(settings)
+    assert json.loads(new["finetune_params"].iloc[0]) == {"epochs": 1, "split_after": "stem"}
+    _job(tmp_path / "new", new)
+    _job_with_config(tmp_path / "old", new.drop(columns="finetune_params"), {"finetune": settings})
+    with pytest.raises(DuplicateCellsError):
+        aggregate.load_rows([tmp_path / "new", tmp_path / "old"])
+    other = dict(settings, split_after="stages.0")
+    _job_with_config(tmp_path / "other", new.drop(columns="finetune_params"), {"finetune": other})
+    loaded = aggregate.load_rows([tmp_path / "new", tmp_path / "other"])
+    assert set(loaded["label"]) == {
+        "advbn+bn [finetune.split_after=stem]",
+        "advbn+bn [finetune.split_after=stages.0]",
+    }
+    # A committed CSV: a blank finetune_params (not known) and finetune=none read as no settings.
+    table = pd.concat([new, _rows("cifar10_c", "source", lambda c, s: 20.0)])
+    table.loc[table["finetune"] == "none", "finetune_params"] = None
+    table.to_csv(tmp_path / "table.csv", index=False)
+    loaded = aggregate.load_rows([tmp_path / "table.csv"])
+    by_finetune = loaded.groupby("finetune")["finetune_params"].unique()
+    assert list(by_finetune["none"]) == ["{}"]
+    assert list(by_finetune["advbn"]) == [new["finetune_params"].iloc[0]]
+
+
+def test_committed_advbn_rows_carry_the_finetune_params_their_hash_proves(make_config):
+    """results/fashion_mnist_c/full_grid.csv was backfilled by
+    scripts/backfill_finetune_params.py: a value only where the composed config hashes to the
+    row's config_hash; a row whose hash does not match stays blank."""
+    import importlib.util
+
+    from robustbench_bn.results import finetune_params
+    from robustbench_bn.runner import config_hash
+
+    root = Path(__file__).resolve().parents[1]
+    grid = pd.read_csv(root / "results/fashion_mnist_c/full_grid.csv", dtype=str)
+    advbn = grid[grid["finetune"] == "advbn"]
+    assert len(advbn) and (grid.loc[grid["finetune"] == "none", "finetune_params"] == "{}").all()
+    for method, rows in advbn.groupby("method"):
+        cfg = make_config("finetune=advbn", f"method={method}", quick_model=False)
+        assert set(rows["config_hash"]) == {config_hash(cfg)}
+        expected = finetune_params(OmegaConf.to_container(cfg.finetune, resolve=True))
+        assert set(rows["finetune_params"]) == {expected}
+    spec = importlib.util.spec_from_file_location(
+        "backfill", root / "scripts/backfill_finetune_params.py"
+    )
+    backfill = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backfill)
+    sample = advbn.head(2).drop(columns="finetune_params").fillna("")
+    sample.iloc[1, sample.columns.get_loc("config_hash")] = "not-this-config"
+    filled, counts = backfill.backfill(sample)
+    assert list(filled["finetune_params"]) == [expected, ""]
+    assert counts == {"already": 0, "none": 0, "verified": 1, "unknown": 1}
 
 
 def test_duplicates_name_the_config_settings_that_differ(tmp_path):

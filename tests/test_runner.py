@@ -39,8 +39,10 @@ def test_run_writes_one_row_per_cell_and_tables(make_config, tmp_path):
         "git_revision",
         "device",
         "config_hash",
+        "finetune_params",
     ):
         assert rows[column].notna().all(), column
+    assert (rows["finetune_params"] == "{}").all()  # finetune=none has no parameters
     job = tmp_path / "job"
     on_disk = pd.read_csv(job / "rows.csv")
     assert len(on_disk) == 5

@@ -27,31 +27,14 @@ from pathlib import Path
 import torch
 
 from robustbench_bn.errors import ConfigurationError
+from robustbench_bn.utils.devices import resolve_device
 
 DECODE_DEVICES = ("cpu", "cuda", "auto")
 
 
 def resolve_decode_device(requested: str) -> str:
     """``cpu``, ``cuda`` (or ``cuda:N``), or ``auto`` (CUDA when available)."""
-    requested = str(requested)
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, TypeError) as error:
-        raise ConfigurationError(
-            f"dataset.decode_device={requested!r} is not a device; use cpu, cuda or auto."
-        ) from error
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigurationError(
-            f"dataset.decode_device={requested!r}: JPEGs decode on cpu or cuda (or auto)."
-        )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(
-            f"dataset.decode_device={requested!r} but this machine has no CUDA device; use "
-            "dataset.decode_device=cpu (or auto)."
-        )
-    return str(device)
+    return str(resolve_device(requested, setting="dataset.decode_device"))
 
 
 def read_jpeg_bytes(path: Path) -> torch.Tensor:
@@ -111,9 +94,12 @@ def decode_on_gpu(
 class ThreadedReader:
     """Per-index work (decode, or read the bytes) done by a thread pool ahead of the caller.
 
-    A cell is read in consecutive batches, so after each request the next ``ahead`` indices
-    are queued; any other request (random adaptation samples) is served from the pool too.
-    ``threads=0`` does the work in the caller's thread.
+    A cell is read in batches along its stream order: the stored order unless :meth:`follow`
+    was given another (a shuffled or label-shifted stream). After each request that continues
+    that order, the next ``ahead`` indices of it are queued, so the threads decode the next
+    batch while the caller computes on this one, whatever the order; any other request
+    (random adaptation samples) is served from the pool too. ``threads=0`` does the work in
+    the caller's thread.
     """
 
     def __init__(
@@ -124,6 +110,19 @@ class ThreadedReader:
         self._ahead = ahead
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="jpeg") if threads else None
         self._queued: dict[int, Future[torch.Tensor]] = {}
+        self._order: list[int] | None = None  # None: the stored order, 0..count-1
+        self._position: dict[int, int] = {}
+
+    def follow(self, order: Sequence[int]) -> None:
+        """Read ahead along ``order`` (a permutation of some indices) from now on."""
+        self._order = [int(index) for index in order]
+        self._position = {index: position for position, index in enumerate(self._order)}
+
+    def _position_of(self, index: int) -> int | None:
+        return index if self._order is None else self._position.get(index)
+
+    def _index_at(self, position: int) -> int:
+        return position if self._order is None else self._order[position]
 
     def _submit(self, index: int) -> None:
         if index not in self._queued and self._pool is not None:
@@ -137,13 +136,21 @@ class ThreadedReader:
         results = [self._queued[index].result() for index in indices]
         for index in set(indices):
             del self._queued[index]
-        consecutive = all(b == a + 1 for a, b in zip(indices, indices[1:], strict=False))
-        if indices and consecutive:
-            last = indices[-1]
-            for stale in [index for index in self._queued if index <= last]:
+        positions = [self._position_of(index) for index in indices]
+        along = None not in positions and all(
+            b == a + 1 for a, b in zip(positions, positions[1:], strict=False)
+        )
+        if indices and along:
+            last = positions[-1]
+            length = self._count if self._order is None else len(self._order)
+            for stale in [
+                index
+                for index in self._queued
+                if (position := self._position_of(index)) is not None and position <= last
+            ]:
                 self._queued.pop(stale).cancel()
-            for index in range(last + 1, min(last + 1 + self._ahead, self._count)):
-                self._submit(index)
+            for position in range(last + 1, min(last + 1 + self._ahead, length)):
+                self._submit(self._index_at(position))
         return results
 
     def close(self) -> None:
@@ -189,6 +196,10 @@ class JpegFiles:
         if self.device == "cpu":
             return torch.stack(results)
         return decode_on_gpu(results, [self.paths[i] for i in indices], self.size, self.device)
+
+    def follow(self, order: Sequence[int]) -> None:
+        """Decode ahead along ``order``, the stream order the batches will be asked in."""
+        self._reader.follow(order)
 
     def close(self) -> None:
         self._reader.close()

@@ -411,7 +411,7 @@ class ImageTreeCorrupted:
         )
         return training.images, training.labels
 
-    def _decode(self, cell: Cell, paths: list[Path], indices: torch.Tensor) -> torch.Tensor:
+    def _cell_reader(self, cell: Cell, paths: list[Path]) -> JpegFiles:
         # One reader per cell: its threads decode the cell's next images while the runner
         # evaluates this batch (robustbench_bn.data.jpeg).
         if self._reader is None or self._reader[0] != cell:
@@ -424,7 +424,18 @@ class ImageTreeCorrupted:
                 device=self.decode_device,
             )
             self._reader = (cell, reader)
-        return self._reader[1].read(indices.tolist())
+        return self._reader[1]
+
+    def expect_order(self, cell: Cell, indices: torch.Tensor) -> None:
+        """The cell's images will be asked for in this order (a shuffled or label-shifted
+        stream): the decode threads read ahead along it as they do along the stored order."""
+        if cell.corruption == CLEAN:
+            return  # decoded whole, in memory
+        paths, _ = self._cell_files(cell)
+        self._cell_reader(cell, paths).follow(indices.tolist())
+
+    def _decode(self, cell: Cell, paths: list[Path], indices: torch.Tensor) -> torch.Tensor:
+        return self._cell_reader(cell, paths).read(indices.tolist())
 
     def load(self, cell: Cell, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if cell.corruption == CLEAN:

@@ -246,6 +246,10 @@ def iterate_stream(
     benchmark: CorruptionBenchmark, stream: Stream, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Batches ``(images, labels, cell_ids)`` of the stream in its order."""
+    expect_order = getattr(benchmark, "expect_order", None)
+    if expect_order is not None and len(stream.cells) == 1:
+        # A benchmark that reads ahead (the JPEG trees' decode threads) follows the stream.
+        expect_order(stream.cells[0], stream.indices)
     for start in range(0, len(stream), batch_size):
         positions = torch.arange(start, min(start + batch_size, len(stream)))
         images, labels = load_positions(benchmark, stream, positions)

@@ -46,6 +46,7 @@ from torch import fx, nn
 
 from robustbench_bn.errors import ConfigurationError
 from robustbench_bn.finetune.split import Split, split_network
+from robustbench_bn.utils.devices import resolve_device
 from robustbench_bn.utils.files import atomic_write, file_lock, stable_hash
 
 log = logging.getLogger(__name__)
@@ -166,23 +167,6 @@ def _check_settings(settings: dict) -> None:
             )
 
 
-def _resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as error:
-        raise ConfigurationError(
-            f"finetune.device must be auto, cpu or cuda[:index], got {requested!r}."
-        ) from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(
-            f"finetune.device={requested} but no CUDA device is available; use "
-            "finetune.device=cpu (or runner.device=cpu, which it follows by default)."
-        )
-    return device
-
-
 def advbn_finetune(
     *,
     model: nn.Module,
@@ -229,7 +213,9 @@ def advbn_finetune(
         "precision": precision,
     }
     _check_settings(settings)
-    train_device = _resolve_device(str(device))
+    train_device = resolve_device(
+        device, setting="finetune.device", hint=", or runner.device=cpu, which it follows"
+    )
     # Fails fast on a bad split point, before any waiting or training.
     split_network(copy.deepcopy(model), split_after)
     key = stable_hash([cache_key, settings, train_device.type, PROCEDURE_VERSION])

@@ -56,6 +56,16 @@ class Method:
         return {}
 
 
+def check_finite_loss(loss: torch.Tensor, *, method: str, learning_rate: float) -> None:
+    """Stop a gradient-based method before a non-finite loss reaches ``backward()``: the step
+    would write NaN into the model and every later prediction of the job would be wrong."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"{method}'s loss became non-finite; lower method.learning_rate "
+            f"(now {learning_rate}) or use runner.precision=fp32."
+        )
+
+
 def batch_norm_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
     """All BatchNorm2d layers in forward-definition order."""
     return [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]

@@ -43,7 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_bn.errors import ConfigurationError
-from robustbench_bn.methods.base import Method, TrainingImages, batch_norm_layers
+from robustbench_bn.methods.base import (
+    Method,
+    TrainingImages,
+    batch_norm_layers,
+    check_finite_loss,
+)
 from robustbench_bn.methods.tent import softmax_entropy
 from robustbench_bn.utils.files import atomic_write, file_lock, stable_hash
 
@@ -254,11 +259,7 @@ class EfficientAntiForgetting(Method):
                             self.fishers, self.trainable, self.anchors, strict=True
                         )
                     )
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        "eata's loss became non-finite; lower method.learning_rate "
-                        f"(now {self.learning_rate}) or use runner.precision=fp32."
-                    )
+                check_finite_loss(loss, method="eata", learning_rate=self.learning_rate)
                 loss.backward()
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

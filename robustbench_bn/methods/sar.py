@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from robustbench_bn.errors import ConfigurationError
-from robustbench_bn.methods.base import Method, batch_norm_layers
+from robustbench_bn.methods.base import Method, batch_norm_layers, check_finite_loss
 from robustbench_bn.methods.eata import check_positive, use_batch_statistics
 from robustbench_bn.methods.tent import softmax_entropy
 
@@ -121,12 +121,12 @@ class SharpnessAwareReliable(Method):
             margin = self.entropy_margin * math.log(logits.shape[1])
             reliable = entropy < margin
             first_loss = _mean_or_zero(entropy[reliable])
-            self._check_finite(first_loss)
+            check_finite_loss(first_loss, method="sar", learning_rate=self.learning_rate)
             gradients = torch.autograd.grad(first_loss, self.trainable, allow_unused=True)
             originals = self._perturb(gradients)
             second_entropy = softmax_entropy(self.model(images).float())[reliable]
             second_loss = _mean_or_zero(second_entropy[second_entropy < margin])
-            self._check_finite(second_loss)
+            check_finite_loss(second_loss, method="sar", learning_rate=self.learning_rate)
             second_loss.backward()
             with torch.no_grad():
                 for parameter, original in zip(self.trainable, originals, strict=True):
@@ -161,13 +161,6 @@ class SharpnessAwareReliable(Method):
                 if gradient is not None:
                     parameter.add_(gradient * scale)
         return originals
-
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                "sar's entropy loss became non-finite; lower method.learning_rate "
-                f"(now {self.learning_rate}) or use runner.precision=fp32."
-            )
 
     def row_fields(self) -> dict[str, Any]:
         return dict(self._hyperparameters)

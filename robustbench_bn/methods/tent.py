@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_bn.errors import ConfigurationError
-from robustbench_bn.methods.base import Method, batch_norm_layers
+from robustbench_bn.methods.base import Method, batch_norm_layers, check_finite_loss
 
 
 def _batch_statistics_forward(layer: nn.BatchNorm2d, inputs: torch.Tensor) -> torch.Tensor:
@@ -93,11 +93,7 @@ class Tent(Method):
             for _ in range(self.steps):
                 logits = self.model(images)
                 loss = softmax_entropy(logits).mean()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        "tent's entropy loss became non-finite; lower method.learning_rate "
-                        f"(now {self.learning_rate}) or use runner.precision=fp32."
-                    )
+                check_finite_loss(loss, method="tent", learning_rate=self.learning_rate)
                 loss.backward()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)

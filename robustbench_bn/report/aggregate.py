@@ -8,9 +8,13 @@ cell found twice is an error; ``keep="newest"`` keeps the most recently finished
 
 Setups that differ only in a protocol field (two seeds, two batch sizes) are not duplicates:
 they get distinct labels, e.g. ``bn [seed=1]``, so no table silently averages over them.
-The model's and the fine-tune's settings (training epochs, AdvBN's attack, ...) are not in
-the rows; they are read from the job folder's job.json into ``model_params`` and
-``finetune_params`` and treated the same way, e.g. ``advbn+bn [finetune.epochs=0.5]``.
+Averaging over seeds is a separate, explicit step (:mod:`robustbench_bn.report.seeds`): it
+merges only setups whose every other column is equal, and says which columns it merged over.
+The fine-tune's settings (AdvBN's split point, epochs, attack, ...) are in every row
+(``finetune_params``); the model's settings (training epochs, ...) are not, and are read from
+the job folder's job.json into ``model_params``, as are the fine-tune's for rows written
+before that column existed. Both are treated the same way, e.g.
+``advbn+bn [finetune.epochs=0.5]``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from robustbench_bn.errors import ConfigurationError
-from robustbench_bn.results import ROWS_FILE, STRING_COLUMNS
+from robustbench_bn.results import ROWS_FILE, STRING_COLUMNS, finetune_params
 
 CLEAN = "clean"
 SETUP_COLUMNS = ("dataset", "model", "finetune", "method", "method_params")
@@ -72,7 +76,8 @@ MEASUREMENT_COLUMNS = frozenset(
 REQUIRED_COLUMNS = ("dataset", "model", "method", "corruption", "severity")
 #: Settings columns filled from job.json when the rows lack them: column -> config section.
 CONFIG_COLUMNS = {"model_params": "model", "finetune_params": "finetune"}
-#: Keys of those sections that change no number (locations, display) or are recorded already.
+#: Keys of the model section that change no number (locations, display) or are recorded
+#: already; the fine-tune's are results.FINETUNE_KEYS_NOT_RECORDED.
 CONFIG_KEYS_IGNORED = frozenset(
     {"name", "_target_", "cache_dir", "data_dir", "download", "progress", "seed"}
 )
@@ -153,12 +158,21 @@ def read_rows_file(path: Path) -> pd.DataFrame:
     frame["source_folder"] = str(path.parent if in_job_folder else path)
     config = _job_config(path.parent) if in_job_folder else {}
     for column, section in CONFIG_COLUMNS.items():
-        if column not in frame:
-            settings = config.get(section) or {}
-            frame[column] = json.dumps(
+        if column in frame and frame[column].notna().all():
+            continue
+        # Rows from before the column existed (or left blank where the value is not known):
+        # the job's saved config says it; a CSV without job.json reads as no settings.
+        settings = config.get(section) or {}
+        if column == "finetune_params":
+            known = finetune_params(settings)
+        else:
+            known = json.dumps(
                 {k: v for k, v in settings.items() if k not in CONFIG_KEYS_IGNORED},
                 sort_keys=True,
             )
+        frame[column] = frame.get(column, pd.Series(None, index=frame.index, dtype=object))
+        frame[column] = frame[column].fillna(known)
+    frame["finetune_params"] = frame["finetune_params"].map(normalized_params)
     if "finished_at" not in frame:
         # Rows without a finish time (older or hand-made) sort by the file's modification time.
         frame["finished_at"] = pd.Timestamp(path.stat().st_mtime, unit="s", tz="UTC").isoformat()
@@ -279,6 +293,13 @@ def _protocol_suffixes(rows: pd.DataFrame, protocol: list[str]) -> pd.Series:
                     parts.append(f"{column}={_format_value(row[column])}")
             suffixes[index] = " [" + ", ".join(parts) + "]"
     return suffixes
+
+
+def setup_labels(rows: pd.DataFrame, protocol: list[str]) -> pd.Series:
+    """Each row's setup label: ``[finetune+]method[(params)]`` plus `` [field=value]`` for the
+    protocol fields (of ``protocol``) that tell apart setups of one method."""
+    base = _base_labels(rows)
+    return base + _protocol_suffixes(rows.assign(label=base), protocol)
 
 
 def _config_differences(folders: list[str]) -> list[str]:

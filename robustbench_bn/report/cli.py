@@ -11,6 +11,11 @@ corruption x severity table per setup, comparison tables (per corruption, per se
 overall), a summary (clean error, mean error, mCE and relative mCE where AlexNet's errors are
 declared) as Markdown, CSV and LaTeX, and the figures as PNG and PDF; when a sweep varied
 the batch size, n or N, also the metric against it (:mod:`robustbench_bn.report.sweeps`).
+Every summary gives the binomial standard error of each setup's mean over cells, and
+seed_means.csv the per-seed means. When a setup was run under several seeds
+(``experiment=seeds``) its seeds are averaged (:mod:`robustbench_bn.report.seeds`): the
+tables show the mean over seeds, the summary ± the sample standard deviation over seeds, and
+paired_differences.csv the difference between setups paired by seed.
 The second compares a run with a reference CSV cell by cell and exits 1 when a cell moved
 or is missing.
 Exit status 2 means bad input (no rows, duplicated cells, unreadable files).
@@ -26,7 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from robustbench_bn.errors import ConfigurationError
-from robustbench_bn.report import aggregate, formats, mce, plots, sweeps
+from robustbench_bn.report import aggregate, formats, mce, plots, seeds, sweeps
+from robustbench_bn.utils.files import atomic_write_text
 
 METRICS = ("accuracy", "error")
 
@@ -61,14 +67,66 @@ def build_report(
         title = f"{dataset} | {model} | {metric} (%)"
         summary.append(f"## {dataset} | {model}\n")
 
+        groups = seeds.group_seeds(group)
+        tidy = seeds.tidy_table(groups)
+        atomic_write_text(folder / "seed_means.csv", tidy.to_csv(index=False, float_format="%.4f"))
+        over = tidy[tidy["row"] == "mean over seeds"].set_index("setup")
+        if groups.has_several_seeds:
+            # Every table below shows a setup's cells averaged over its seeds.
+            group = seeds.mean_over_seeds_rows(groups)
         table, notes = mce.summary_table(group)
+        notes = groups.notes + notes
+        if groups.has_several_seeds:
+            table["std over seeds"] = over["std_over_seeds"].astype(float).reindex(table.index)
+            table["seeds"] = over["seeds"].astype(object).reindex(table.index)
+        table["binomial s.e."] = over["binomial_standard_error"].astype(float).reindex(table.index)
         summary.append(
             "Error (%) per setup: clean, mean over the corrupted cells"
             + (", mCE and relative mCE (AlexNet = 100)" if "mCE" in table else "")
-            + ":\n\n"
-            + formats.write_all_formats(table, folder, "summary", "setup")
-            + "\n"
+            + (
+                " (each the mean over the setup's seeds), the sample standard deviation of "
+                "the mean error over seeds and the number of seeds"
+                if groups.has_several_seeds
+                else ""
+            )
+            + "; binomial s.e.: the standard error of one seed's mean from the finite "
+            "number of images per cell (cells taken as independent; not the seed-to-seed "
+            "variation):\n\n" + formats.write_all_formats(table, folder, "summary", "setup") + "\n"
         )
+        if groups.has_several_seeds:
+            summary.append(
+                f"{metric} (%) per setup over seeds, mean over the corrupted cells: mean over "
+                "seeds ± sample standard deviation over seeds (number of seeds); setups "
+                "that differ only in the columns "
+                f"{', '.join(groups.aggregated_over)} are one setup, every other setup and "
+                "protocol column is equal within it (per seed: seed_means.csv):\n\n"
+                + formats.write_all_formats(
+                    seeds.formatted_summary(over.reset_index(), metric),
+                    folder,
+                    "summary_over_seeds",
+                    "setup",
+                )
+                + "\n"
+            )
+            per_seed = tidy[tidy["row"] == "seed"]
+            differences = seeds.paired_differences(per_seed, metric)
+            atomic_write_text(
+                folder / "paired_differences.csv",
+                differences.to_csv(index=False, float_format="%.4f"),
+            )
+            summary.append(
+                f"{metric} (%) difference between setups, row minus column, paired by seed "
+                "(the same seed and data_seed: the same corruption draws): mean ± sample "
+                "standard deviation over the paired seeds (their number); empty where two "
+                "setups share fewer than two seeds:\n\n"
+                + formats.write_all_formats(
+                    seeds.difference_matrix(differences, metric, aggregate.ordered_labels(group)),
+                    folder,
+                    "paired_differences_matrix",
+                    "setup",
+                )
+                + "\n"
+            )
         coverage = aggregate.coverage_note(group)
         if coverage:
             notes.append(coverage)
@@ -88,7 +146,11 @@ def build_report(
                 f"table__{_file_name(label)}",
                 "corruption",
             )
-            setups.append(f"### {dataset} | {model} | {label} | {metric} (%)\n\n{markdown}\n")
+            seed_count = int(over["seeds"].get(label, 1))
+            averaged = f", mean over {seed_count} seeds" if seed_count > 1 else ""
+            setups.append(
+                f"### {dataset} | {model} | {label} | {metric} (%){averaged}\n\n{markdown}\n"
+            )
 
         if make_plots:
             plots.severity_curves(group, metric, folder, title)

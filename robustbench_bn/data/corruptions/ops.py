@@ -57,6 +57,11 @@ def cached_per_device(function: Callable[..., Result]) -> Callable[..., Result]:
 
     @functools.cache
     def on_device(device: str, *arguments):
+        # A table argument (a matrix from another cached table) is already on the device.
+        arguments = tuple(
+            argument.cpu() if isinstance(argument, torch.Tensor) else argument
+            for argument in arguments
+        )
         with torch.device("cpu"):
             result = function(*arguments)
         if isinstance(result, tuple):

@@ -158,7 +158,9 @@ def _fill(
         return _compiled(kernel, *arguments)
 
     def fill(out: torch.Tensor, generator: torch.Generator) -> None:
-        draw(shape, generator=generator, out=out)
+        # The device named: inside the engine's device context (a GPU run) torch would
+        # otherwise create the draw there, against this CPU ``out`` and CPU generator.
+        draw(shape, generator=generator, out=out, device=out.device)
 
     return fill
 
