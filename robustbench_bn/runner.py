@@ -117,6 +117,18 @@ def _builder_arguments(node: DictConfig) -> dict[str, Any]:
 SUPPLIED_BY_RUNNER = ("self", "model", "training_images", "cache_key")
 
 
+def _check_method_seed(cfg: DictConfig) -> None:
+    """A method's own seed (which training images eata's Fisher or dmc's quantiles use, dua's
+    augmentations) is the run's: rows record the run's ``seed`` column, not every method's."""
+    method_seed = cfg.method.get("seed")
+    if method_seed is not None and int(method_seed) != int(cfg.seed):
+        raise ConfigurationError(
+            f"method.seed={method_seed} differs from seed={cfg.seed}: the rows record only the "
+            f"run's seed. Set seed={method_seed} instead (it also seeds the corruption draws "
+            "and the stream order), or leave method.seed as ${seed}."
+        )
+
+
 def check_settings_taken(node: dict[str, Any], section: str, choice: str) -> None:
     """Refuse settings that the builder of ``section`` (``method=choice``) does not take, with
     their names and the ones it does, before Hydra turns them into a raw TypeError."""
@@ -352,6 +364,7 @@ def run(cfg: DictConfig, *, model: torch.nn.Module | None = None) -> pd.DataFram
     check_stream(_stream(runner))
     for section in ("finetune", "method"):  # before any data is read or model trained
         check_settings_taken(_builder_arguments(cfg[section]), section, str(cfg[section].name))
+    _check_method_seed(cfg)
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(runner.device, setting="runner.device")
     job_hash = config_hash(cfg)

@@ -66,6 +66,15 @@ def test_batch_of_one_with_batch_statistics_is_refused(make_config):
     assert not rows.exists()
 
 
+@pytest.mark.parametrize("method", ["eata", "dua", "dmc"])
+def test_a_method_seed_other_than_the_run_seed_is_refused(make_config, tmp_path, method):
+    """Rows record the run's seed; a method seed of its own would change numbers unrecorded."""
+    cfg = make_config(*SMALL, f"method={method}", "method.seed=3")
+    with pytest.raises(ConfigurationError, match=r"method.seed=3 differs from seed=0"):
+        run(cfg)
+    assert not (tmp_path / "job" / "rows.csv").exists()
+
+
 def test_last_batch_of_one_is_refused_too(make_config):
     cfg = make_config(*SMALL, "method=bn", "dataset.n_examples=65")
     with pytest.raises(ConfigurationError, match="at least 2 images per batch"):
