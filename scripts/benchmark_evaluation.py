@@ -95,17 +95,7 @@ def main() -> None:
         if method_name not in available:
             print(f"{method_name:8} (no conf/method/{method_name}.yaml; skipped)")
             continue
-        with initialize_config_module(config_module="robustbench_bn.conf", version_base="1.3"):
-            cfg = compose(
-                config_name="config",
-                overrides=[
-                    f"method={method_name}",
-                    f"paths.cache_dir={arguments.cache_dir}",
-                    f"dataset.n_examples={arguments.n_examples}",
-                    f"runner.batch_size={arguments.batch_size}",
-                    "display.progress=false",
-                ],
-            )
+        cfg = _compose(method_name, arguments)
         seconds = measure(cfg, arguments.batch_size, arguments.repeats, arguments.cache_dir)
         bare_model_seconds, bare_method_seconds, suite_seconds = seconds
         rate = arguments.n_examples
