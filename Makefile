@@ -40,7 +40,7 @@ sweep: install ## the whole embedded-default grid (8 methods x 2 fine-tunes), re
 	@if [ -n "$(DEMO_MODEL)" ]; then $(BIN)/rbn-train-source --install $(DEMO_MODEL); fi
 	$(BIN)/rbn-run --multirun experiment=fashion_grid
 
-test: install ## the tests (offline, CPU; about 2 minutes on 2 idle cores)
+test: install ## the tests (offline, CPU; about 3 minutes on 2 idle cores)
 	$(BIN)/pytest -q -m "not slow"
 
 test-slow: install ## the slow end-to-end tests
